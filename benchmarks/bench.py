@@ -1,0 +1,277 @@
+"""`feredge bench models/custom_cnn [models/resnet50v2 ...]`: for every format in each model folder
+(and a Keras reference with --keras when TensorFlow is installed): PrivateTest accuracy and macro-F1
+through the edge runtime, file size, load time, batch-1 latency p50/p90 at 1, 2 and 4 threads,
+batch-32 throughput, peak RSS of an edge-only process, and the end-to-end loop on generated 640x480
+videos with one and three faces. Writes benchmarks/results/<machine>.md, .csv and .png.
+
+On a Raspberry Pi: `pip install .` then `feredge bench models/custom_cnn --face-model PATH` (the
+FER-2013 zip via --data or FER2013_ZIP); results land under benchmarks/results/ named by its CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+COLUMNS = ["model", "format", "size_kb", "load_ms", "accuracy", "macro_f1",
+           "p50_ms_1t", "p90_ms_1t", "p50_ms_2t", "p90_ms_2t", "p50_ms_4t", "p90_ms_4t",
+           "batch32_img_s", "peak_rss_mb"]
+E2E_COLUMNS = ["model", "format", "faces", "frames", "detector_ms", "classifier_ms", "fps"]
+
+
+def add_arguments(p):
+    p.add_argument("model_dirs", nargs="+", help="model folders with manifest.json")
+    p.add_argument("--formats", help="comma list (default: every format in each manifest)")
+    p.add_argument("--keras", help="a .keras file to add as the TensorFlow reference row")
+    p.add_argument("--data", help="FER-2013 zip, folder or csv (default: $FER2013_ZIP or ../shared)")
+    p.add_argument("--threads", default="1,2,4")
+    p.add_argument("--reps", type=int, default=300, help="timed repetitions per latency figure")
+    p.add_argument("--quick", action="store_true", help="a few images and repetitions (tests)")
+    p.add_argument("--face-model", help="YuNet file for the end-to-end rows (or FEREDGE_FACE_MODEL)")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end video rows")
+    p.add_argument("--out", default=str(RESULTS_DIR), help="results folder")
+    p.add_argument("--name", help="results file name (default: from the CPU model and core count)")
+
+
+def machine_name() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "model\t")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} cores)"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:80]
+
+
+def percentiles(samples_ms):
+    return float(np.percentile(samples_ms, 50)), float(np.percentile(samples_ms, 90))
+
+
+def time_calls(fn, reps: int, warmup: int = 10):
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def peak_rss(model_dir: Path, fmt: str, runs: int) -> float:
+    r = subprocess.run([sys.executable, "-m", "feredge.benchmarks.rss", str(model_dir), fmt, str(runs)],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError(f"RSS probe failed for {fmt}: {r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode}")
+    return json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+def bench_format(model_dir: Path, fmt: str, evalset, threads, reps: int, rss_runs: int) -> dict:
+    from feredge.edge.classifier import EmotionClassifier
+    from feredge.train.evaluate import classification_metrics, predict_split
+
+    t = time.perf_counter()
+    clf = EmotionClassifier(model_dir, fmt=fmt, threads=max(threads))
+    load_ms = (time.perf_counter() - t) * 1000
+    probs = predict_split(clf.predict_pixels, evalset.x, clf.input_size, clf.channels, tta=False, blur_sigma=clf.blur_sigma)
+    m = classification_metrics(evalset.y, probs.argmax(1))
+    row = {"model": model_dir.name, "format": fmt, "size_kb": round(clf.path.stat().st_size / 1024, 1),
+           "load_ms": round(load_ms, 1), "accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
+    rng = np.random.default_rng(0)
+    one = rng.uniform(0, 255, (1, clf.input_size, clf.input_size, clf.channels)).astype(np.float32)
+    batch = rng.uniform(0, 255, (32, clf.input_size, clf.input_size, clf.channels)).astype(np.float32)
+    for n in (1, 2, 4):
+        if n in threads:
+            c = EmotionClassifier(model_dir, fmt=fmt, threads=n)
+            p50, p90 = percentiles(time_calls(lambda: c.predict_pixels(one), reps))
+            row[f"p50_ms_{n}t"], row[f"p90_ms_{n}t"] = round(p50, 3), round(p90, 3)
+    b = EmotionClassifier(model_dir, fmt=fmt, threads=max(threads))
+    batch_ms = statistics.median(time_calls(lambda: b.predict_pixels(batch), max(3, reps // 20), warmup=2))
+    row["batch32_img_s"] = round(32 / (batch_ms / 1000), 1)
+    row["peak_rss_mb"] = peak_rss(model_dir, fmt, rss_runs)
+    return row
+
+
+def bench_keras(path: Path, evalset, threads, reps: int) -> dict:
+    import keras
+
+    from feredge.train.evaluate import classification_metrics, predict_split
+
+    t = time.perf_counter()
+    model = keras.models.load_model(path, compile=False)
+    load_ms = (time.perf_counter() - t) * 1000
+    _, size, _, ch = model.input_shape
+    from feredge.train.evaluate import run_blur_sigma
+
+    probs = predict_split(lambda x: np.asarray(model.predict(x, batch_size=256, verbose=0)), evalset.x, size, ch,
+                          tta=False, blur_sigma=run_blur_sigma(path))
+    m = classification_metrics(evalset.y, probs.argmax(1))
+    one = np.zeros((1, size, size, ch), np.float32)
+    batch = np.zeros((32, size, size, ch), np.float32)
+    p50, p90 = percentiles(time_calls(lambda: model(one, training=False), reps))
+    batch_ms = statistics.median(time_calls(lambda: model(batch, training=False), max(3, reps // 20), warmup=2))
+    # TensorFlow's thread pools are process-wide: one row at the default thread count.
+    return {"model": path.parent.name, "format": "keras (TensorFlow)", "size_kb": round(path.stat().st_size / 1024, 1),
+            "load_ms": round(load_ms, 1), "accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4),
+            f"p50_ms_{max(threads)}t": round(p50, 3), f"p90_ms_{max(threads)}t": round(p90, 3),
+            "batch32_img_s": round(32 / (batch_ms / 1000), 1), "peak_rss_mb": "n/a (TensorFlow)"}
+
+
+def bench_e2e(model_dir: Path, face_model, frames: int) -> list[dict]:
+    """The default edge configuration on generated 640x480 videos with one and three faces."""
+    import cv2
+
+    from feredge.benchmarks.synthetic import make_video
+    from feredge.edge.detector import EmotionDetector
+    from feredge.edge.loop import LoopOptions, VideoLoop
+
+    det = EmotionDetector(model_dir, face_model=face_model)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for faces in (1, 3):
+            video = make_video(Path(tmp) / f"faces{faces}.mp4", faces=faces, frames=frames)
+            cap = cv2.VideoCapture(str(video))
+            det_ms, cls_ms = [], []
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                t0 = time.perf_counter()
+                found = det.detect_faces(frame)
+                t1 = time.perf_counter()
+                det.classify(frame, [f.box for f in found])
+                t2 = time.perf_counter()
+                det_ms.append((t1 - t0) * 1000)
+                cls_ms.append((t2 - t1) * 1000)
+            cap.release()
+            summary = VideoLoop(det, str(video), LoopOptions()).run()  # the whole loop: decode, track, draw
+            rows.append({"model": model_dir.name, "format": det.classifier.format, "faces": faces,
+                         "frames": summary["frames_out"], "detector_ms": round(statistics.median(det_ms), 2),
+                         "classifier_ms": round(statistics.median(cls_ms), 2), "fps": summary["fps"]})
+    return rows
+
+
+def fmt_cell(v):
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4f}" if v < 1 else f"{v:.2f}" if v < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def markdown(rows, e2e, machine: str, note: str) -> str:
+    lines = [f"### {machine}", "", note, "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt_cell(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    if e2e:
+        lines += ["", "End-to-end loop (YuNet + classifier, default settings, generated 640x480 video, medians):", "",
+                  "| " + " | ".join(E2E_COLUMNS) + " |", "|" + "---|" * len(E2E_COLUMNS)]
+        lines += ["| " + " | ".join(fmt_cell(r.get(c)) for c in E2E_COLUMNS) + " |" for r in e2e]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path: Path, machine: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        x = r.get("p50_ms_1t") or r.get("p50_ms_4t")
+        if x:
+            ax.scatter(x, 100 * r["accuracy"])
+            ax.annotate(f"{r['model']}/{r['format']}", (x, 100 * r["accuracy"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("batch-1 latency p50, ms (1 thread; log scale)")
+    ax.set_ylabel("FER-2013 PrivateTest accuracy, %")
+    ax.set_title(machine, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args) -> int:
+    from tqdm import tqdm
+
+    from feredge.edge.classifier import ModelError, read_manifest
+    from feredge.train.data import default_data_path, load_fer2013
+    from feredge.train.train import subset
+
+    threads = sorted({int(t) for t in args.threads.split(",")})
+    reps = 20 if args.quick else args.reps
+    data = load_fer2013(args.data or default_data_path())
+    evalset = subset(data["test"], 64 if args.quick else 0, 0)
+    jobs = []
+    for d in map(Path, args.model_dirs):
+        manifest = read_manifest(d)
+        wanted = args.formats.split(",") if args.formats else list(manifest["formats"])
+        missing = [f for f in wanted if f not in manifest["formats"]]
+        if missing:
+            raise ModelError(f"{d}: no format(s) {', '.join(missing)} in the manifest")
+        jobs += [(d, f) for f in wanted]
+    rows = []
+    for d, fmt in tqdm(jobs, desc="benchmarking", unit="format"):
+        rows.append(bench_format(d, fmt, evalset, threads, reps, rss_runs=20 if args.quick else 200))
+    if args.keras:
+        try:
+            rows.append(bench_keras(Path(args.keras), evalset, threads, reps))
+        except ImportError:
+            print("keras row skipped: TensorFlow/Keras not installed", file=sys.stderr)
+    e2e = []
+    if not args.no_e2e:
+        from feredge.edge.faces import FaceDetectorError
+
+        try:
+            for d in dict.fromkeys(d for d, _ in jobs):
+                e2e += bench_e2e(d, args.face_model, 30 if args.quick else 150)
+        except FaceDetectorError as e:
+            print(f"end-to-end rows skipped: {e}", file=sys.stderr)
+    try:
+        import fer  # noqa: F401  the `fer` package's mini-Xception, if a user has it
+        print("note: the `fer` package is installed but its peer row is not implemented yet", file=sys.stderr)
+    except ImportError:
+        print("peer row: the `fer` package is not installed, so no peer FER model is measured", file=sys.stderr)
+
+    machine = machine_name()
+    name = args.name or slug(machine)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    note = (f"Python {platform.python_version()}, {len(evalset)} PrivateTest images, {reps} timed runs per latency "
+            f"(medians; warm-up excluded); `feredge bench {' '.join(args.model_dirs)}"
+            f"{' --quick' if args.quick else ''}`. Latency is the classifier alone on one preprocessed face.")
+    (out / f"{name}.md").write_text(markdown(rows, e2e, machine, note))
+    with open(out / f"{name}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["machine", *COLUMNS])
+        w.writeheader()
+        for r in rows:
+            w.writerow({"machine": machine, **{c: r.get(c, "") for c in COLUMNS}})
+    if e2e:
+        with open(out / f"{name}_e2e.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["machine", *E2E_COLUMNS])
+            w.writeheader()
+            for r in e2e:
+                w.writerow({"machine": machine, **r})
+    plot(rows, out / f"{name}.png", machine)
+    print(markdown(rows, e2e, machine, note))
+    print(f"written: {out / name}.md, .csv, .png", file=sys.stderr)
+    return 0

@@ -1,0 +1,60 @@
+"""Regenerate the README's tables from what the repository holds, never by hand:
+the models table from models/*/manifest.json, the benchmark section from benchmarks/results/*.md.
+
+    python -m feredge.benchmarks.report            # rewrites README.md between the markers
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MARKERS = {"models": ("<!-- models-table:start -->", "<!-- models-table:end -->"),
+           "bench": ("<!-- bench-table:start -->", "<!-- bench-table:end -->")}
+
+
+def models_table(models_dir: Path) -> str:
+    lines = ["| model | format | PrivateTest accuracy | macro-F1 | drop vs Keras (pt) | agreement | size |",
+             "|---|---|---|---|---|---|---|"]
+    sizes = set()
+    for manifest_path in sorted(models_dir.glob("*/manifest.json")):
+        m = json.loads(manifest_path.read_text())
+        ref = m["keras_reference"]
+        sizes.add(m["evaluation"]["n"])
+        lines.append(f"| {m['name']} | keras (reference) | {100 * ref['accuracy']:.2f} % | {ref['macro_f1']:.3f} | – | – | – |")
+        for fmt, e in m["formats"].items():
+            lines.append(f"| {m['name']} | {fmt} | {100 * e['accuracy']:.2f} % | {e['macro_f1']:.3f} | "
+                         f"{-e['accuracy_drop_pt']:+.2f} | {e['agreement_pct']:.2f} % | {e['bytes'] / 1024:.0f} KB |")
+    images = " / ".join(str(n) for n in sorted(sizes)) or "no"
+    lines += ["", f"FER-2013 PrivateTest ({images} images) through the edge runtime, as the export gate recorded "
+                  "in each model's manifest.json; drop is the format's accuracy minus Keras'."]
+    return "\n".join(lines)
+
+
+def bench_section(results_dir: Path) -> str:
+    parts = [p.read_text().strip() for p in sorted(results_dir.glob("*.md"))]
+    return "\n\n".join(parts) if parts else "_No benchmark results committed yet._"
+
+
+def replace_between(text: str, start: str, end: str, body: str) -> str:
+    if start not in text or end not in text:
+        raise ValueError(f"README lacks the markers {start} ... {end}")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def update_readme(readme: Path = REPO / "README.md", models_dir: Path = REPO / "models",
+                  results_dir: Path = REPO / "benchmarks" / "results") -> str:
+    text = readme.read_text()
+    text = replace_between(text, *MARKERS["models"], models_table(models_dir))
+    text = replace_between(text, *MARKERS["bench"], bench_section(results_dir))
+    readme.write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    update_readme(*(Path(a) for a in sys.argv[1:4]))
+    print("README tables regenerated")

@@ -1,0 +1,200 @@
+"""Emotion classification with LiteRT or onnxruntime, chosen from the model file: no TensorFlow.
+
+`EmotionClassifier(path)` takes a model folder (with manifest.json) or a single .tflite / .onnx file.
+With a manifest it reads labels and input spec from it and verifies the file's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from feredge.edge.preprocess import LABELS, preprocess_faces
+
+MANIFEST = "manifest.json"
+# Preferred format when a folder is given: int8 first (smallest, fastest on a Pi-class CPU).
+FORMAT_PREFERENCE = ("tflite_int8", "onnx_int8", "tflite_float16", "tflite_float32", "tflite_dynamic", "onnx_float32")
+
+
+class ModelError(Exception):
+    """The model can't be used; the message is one line naming the problem."""
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(folder: Path) -> dict:
+    try:
+        return json.loads((Path(folder) / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise ModelError(f"no {MANIFEST} in {folder}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{Path(folder) / MANIFEST} is not valid JSON: {e}") from None
+
+
+def resolve_model(path, fmt: str | None = None):
+    """(model file, manifest or None, format name or None) from a folder or a file path."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelError(f"model not found: {path}")
+    if path.is_dir():
+        manifest = read_manifest(path)
+        formats = manifest.get("formats", {})
+        if fmt:
+            if fmt not in formats:
+                raise ModelError(f"format '{fmt}' not in {path / MANIFEST} (has: {', '.join(formats) or 'none'})")
+        else:
+            usable = [f for f in FORMAT_PREFERENCE if f in formats and _backend_available(formats[f]["file"])]
+            if not usable:
+                raise ModelError(f"no format in {path} that an installed runtime can run (install ai-edge-litert or onnxruntime)")
+            fmt = usable[0]
+        return path / formats[fmt]["file"], manifest, fmt
+    manifest = None
+    if (path.parent / MANIFEST).exists():
+        manifest = read_manifest(path.parent)
+        fmt = next((k for k, v in manifest.get("formats", {}).items() if v.get("file") == path.name), None)
+        if fmt is None:
+            manifest = None  # a file the manifest doesn't list: use it as a bare model file
+    return path, manifest, fmt
+
+
+def _backend_available(filename: str) -> bool:
+    import importlib.util
+
+    if filename.endswith(".onnx"):
+        return importlib.util.find_spec("onnxruntime") is not None
+    return any(importlib.util.find_spec(m) is not None for m in ("ai_edge_litert", "tflite_runtime"))
+
+
+def load_litert_interpreter(path: Path, threads: int | None):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:  # the predecessor, still what some Pi images have
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise ModelError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime)") from None
+    try:
+        return Interpreter(model_path=str(path), num_threads=threads)
+    except (ValueError, RuntimeError) as e:
+        raise ModelError(f"{path} is not a valid TFLite model: {str(e).splitlines()[0]}") from None
+
+
+class _LiteRT:
+    def __init__(self, path: Path, threads: int | None):
+        self.interp = load_litert_interpreter(path, threads)
+        self.interp.allocate_tensors()
+        self.inp = self.interp.get_input_details()[0]
+        self.out = self.interp.get_output_details()[0]
+        self.input_shape = tuple(int(d) for d in self.inp["shape"])
+        self.output_classes = int(self.out["shape"][-1])
+        self.batch = int(self.inp["shape"][0])
+        self.dynamic_batch = int(self.inp.get("shape_signature", self.inp["shape"])[0]) == -1
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        if len(x) != self.batch:
+            if not self.dynamic_batch:
+                return np.concatenate([self.run(x[i : i + 1]) for i in range(len(x))])
+            self.interp.resize_tensor_input(self.inp["index"], [len(x), *self.input_shape[1:]])
+            self.interp.allocate_tensors()
+            self.inp = self.interp.get_input_details()[0]
+            self.out = self.interp.get_output_details()[0]
+            self.batch = len(x)
+        self.interp.set_tensor(self.inp["index"], quantize(x, self.inp))
+        self.interp.invoke()
+        return dequantize(self.interp.get_tensor(self.out["index"]), self.out)
+
+
+def quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = detail["dtype"]
+    if dtype in (np.float32, np.float16):
+        return x.astype(dtype)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+
+
+def dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    if np.issubdtype(detail["dtype"], np.integer):
+        scale, zero = detail["quantization"]
+        return (y.astype(np.float32) - zero) * scale
+    return y.astype(np.float32)
+
+
+class _OnnxRuntime:
+    def __init__(self, path: Path, threads: int | None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelError("no ONNX runtime: pip install onnxruntime") from None
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            raise ModelError(f"{path} is not a valid ONNX model: {str(e).splitlines()[0][:200]}") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inp.shape)
+        self.output_classes = self.session.get_outputs()[0].shape[-1]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x.astype(np.float32)})[0]
+
+
+class EmotionClassifier:
+    """Classify preprocessed faces. `predict_faces(list of grey crops)` -> (N, 7) probabilities."""
+
+    def __init__(self, path, fmt: str | None = None, threads: int | None = None, verify: bool = True,
+                 blur_sigma: float | None = None):
+        self.path, self.manifest, self.format = resolve_model(path, fmt)
+        if self.manifest and verify:
+            entry = self.manifest["formats"][self.format]
+            digest = sha256_of(self.path)
+            if digest != entry.get("sha256"):
+                raise ModelError(f"checksum mismatch for {self.path.name}: sha256 {digest[:12]}..., manifest says {str(entry.get('sha256'))[:12]}...")
+        suffix = self.path.suffix.lower()
+        if suffix == ".tflite":
+            self.engine = _LiteRT(self.path, threads)
+        elif suffix == ".onnx":
+            self.engine = _OnnxRuntime(self.path, threads)
+        else:
+            raise ModelError(f"{self.path} is not a .tflite or .onnx model")
+        _, h, w, c = self.engine.input_shape
+        if h != w or c not in (1, 3):
+            raise ModelError(f"{self.path.name} takes input {self.engine.input_shape}, not (N, size, size, 1|3): not an emotion model")
+        self.input_size, self.channels = int(h), int(c)
+        self.labels = tuple(self.manifest["labels"]) if self.manifest else LABELS
+        if self.engine.output_classes != len(self.labels):
+            raise ModelError(f"{self.path.name} outputs {self.engine.output_classes} classes but the labels are {len(self.labels)}")
+        spec = self.manifest.get("input", {}) if self.manifest else {}
+        self.blur_sigma = float(spec.get("blur_sigma", 0.0) if blur_sigma is None else blur_sigma)
+        if self.manifest:
+            if (spec.get("size"), spec.get("channels")) != (self.input_size, self.channels):
+                raise ModelError(f"manifest input {spec.get('size')}x{spec.get('size')}x{spec.get('channels')} doesn't match "
+                                 f"{self.path.name} ({self.input_size}x{self.input_size}x{self.channels})")
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 (N, size, size, channels) pixels 0..255 -> (N, classes) probabilities."""
+        if len(pixels) == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        probs = self.engine.run(pixels)
+        # int8 outputs come in steps of 1/256 and need not sum to 1: renormalise (argmax unchanged).
+        return probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
+
+    def predict_faces(self, faces) -> np.ndarray:
+        """Grey face crops (any size) -> probabilities, through the shared preprocessing."""
+        if len(faces) == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        return self.predict_pixels(preprocess_faces(faces, self.input_size, self.channels, self.blur_sigma))

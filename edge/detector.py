@@ -1,0 +1,95 @@
+"""The three-line API:
+
+    from feredge.edge import EmotionDetector
+    detector = EmotionDetector()                 # the shipped model, loaded once
+    for face in detector.predict("photo.jpg"):   # a path or a BGR/grey numpy image
+        print(face.label, face.probabilities, face.box)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from feredge.edge.classifier import EmotionClassifier
+from feredge.edge.faces import FaceDetector
+from feredge.edge.preprocess import square_crop, to_gray
+
+# The shipped default: models/custom_cnn inside the installed package.
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+if not MODELS_DIR.is_dir():  # editable installs map feredge.models to the repo's models/
+    import feredge.models
+
+    MODELS_DIR = Path(feredge.models.__file__).parent
+DEFAULT_MODEL = "custom_cnn"
+
+
+class ImageError(Exception):
+    """An input image can't be read; one line naming it."""
+
+
+@dataclass
+class Face:
+    box: tuple[int, int, int, int]
+    label: str
+    probabilities: dict[str, float]
+    detector_score: float
+    track_id: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = {"box": list(self.box), "label": self.label, "detector_score": round(self.detector_score, 4),
+               "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()}}
+        if self.track_id is not None:
+            out["face_id"] = self.track_id
+        return out
+
+
+def default_model_dir() -> Path:
+    return Path(os.environ.get("FEREDGE_MODEL", MODELS_DIR / DEFAULT_MODEL))
+
+
+def read_image(path) -> np.ndarray:
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image not found: {path}")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageError(f"cannot decode image: {path} (corrupt or not an image)")
+    return image
+
+
+class EmotionDetector:
+    def __init__(self, model=None, fmt: str | None = None, face_model=None, threads: int | None = None,
+                 min_face: int = 24, margin: float = 0.1, detect_width: int = 640, allow_download: bool = False,
+                 face_score: float = 0.6):
+        self.classifier = EmotionClassifier(model or default_model_dir(), fmt=fmt, threads=threads)
+        self.faces = FaceDetector(face_model, score_threshold=face_score, min_face=min_face,
+                                  detect_width=detect_width, allow_download=allow_download)
+        self.margin = margin
+        self.labels = self.classifier.labels
+
+    def detect_faces(self, image: np.ndarray):
+        return self.faces.detect(image)
+
+    def classify(self, image: np.ndarray, boxes) -> np.ndarray:
+        gray = to_gray(image)
+        crops = [square_crop(gray, b, self.margin) for b in boxes]
+        return self.classifier.predict_faces(crops)
+
+    def predict(self, image) -> list[Face]:
+        if isinstance(image, (str, Path)):
+            image = read_image(image)
+        found = self.detect_faces(image)
+        probs = self.classify(image, [f.box for f in found])
+        return [self.make_face(f.box, p, f.score) for f, p in zip(found, probs)]
+
+    def make_face(self, box, probs, score, track_id=None) -> Face:
+        probs = np.asarray(probs, np.float64)
+        return Face(tuple(int(v) for v in box), self.labels[int(probs.argmax())],
+                    {lab: float(p) for lab, p in zip(self.labels, probs)}, float(score), track_id)

@@ -1,0 +1,268 @@
+"""The capture loop: camera index, video file, RTSP/HTTP stream, image file or folder.
+
+Frames -> faces (detected every N frames, tracked and smoothed in between) -> overlay -> outputs:
+a live window, an annotated video, JSON-lines events, or annotated images + JSON for image inputs.
+Kiosk mode: fullscreen, large labels, reconnects when the camera drops or a stream stalls, runs until
+stopped; without a display it carries on headless and says so once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from feredge.edge.overlay import draw_faces, draw_fps, draw_status
+from feredge.edge.tracking import FaceTracker
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
+
+
+class SourceError(Exception):
+    """A source can't be opened or read; one line naming it."""
+
+
+@dataclass
+class LoopOptions:
+    show: bool = False
+    kiosk: bool = False
+    video_out: str | None = None
+    events: str | None = None
+    out_dir: str | None = None     # annotated images + JSON (image inputs)
+    detect_every: int = 1
+    smooth: float = 0.4            # EMA weight of the newest frame; 1 disables smoothing
+    max_frames: int = 0            # 0: until the source ends or the user stops
+    timeout_s: float = 10.0        # opening or reading a stream
+    reconnect: bool = False        # implied by kiosk
+    reconnect_delay_s: float = 2.0
+    max_reconnects: int = 0        # 0: forever (kiosk)
+
+
+def source_kind(source: str) -> str:
+    if source.isdigit():
+        return "camera"
+    if source.lower().startswith(STREAM_PREFIXES):
+        return "stream"
+    path = Path(source)
+    if path.is_dir():
+        return "folder"
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return "image"
+    return "video"
+
+
+def open_capture(source: str, kind: str, timeout_s: float):
+    import cv2
+
+    if kind == "camera":
+        cap = cv2.VideoCapture(int(source))
+        if not cap.isOpened():
+            raise SourceError(f"camera {source} is not available (no such device, or in use)")
+        return cap
+    if kind == "video" and not Path(source).is_file():
+        raise SourceError(f"video not found: {source}")
+    ms = int(timeout_s * 1000)
+    # Bounded open and read times, so a stream that never answers can't hang the loop.
+    cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+    if not cap.isOpened():
+        what = "stream" if kind == "stream" else "video"
+        raise SourceError(f"cannot open {what} {source} (no answer within {timeout_s:g} s, or not a video)")
+    return cap
+
+
+def display_available() -> bool:
+    """True when OpenCV has a GUI backend and there is a screen to show it on."""
+    import cv2
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        cv2.namedWindow("feredge-probe", cv2.WINDOW_NORMAL)
+        cv2.destroyWindow("feredge-probe")
+        return True
+    except cv2.error:  # opencv-python-headless: no GUI compiled in
+        return False
+
+
+class _Stopper:
+    """SIGINT/SIGTERM end the loop cleanly (outputs are flushed and closed)."""
+
+    def __init__(self):
+        self.stop = False
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, *_):
+        self.stop = True
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def run_images(detector, source: str, out_dir: str | None, print_fn=print) -> list[dict]:
+    """Image file or folder: print each image's faces, write annotated images + JSON to out_dir."""
+    import cv2
+
+    from feredge.edge.detector import ImageError, read_image
+
+    path = Path(source)
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+    if path.is_dir() and not files:
+        raise SourceError(f"no images in folder {path}")
+    out = Path(out_dir) if out_dir else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for f in files:
+        try:
+            image = read_image(f)
+        except ImageError as e:
+            if len(files) == 1:
+                raise
+            print_fn(f"{f.name}: skipped: {e}")
+            continue
+        faces = detector.predict(image)
+        record = {"image": str(f), "faces": [face.to_dict() for face in faces]}
+        results.append(record)
+        if not faces:
+            print_fn(f"{f.name}: no face found (try a larger image or a smaller --min-face)")
+        for i, face in enumerate(faces):
+            top = sorted(face.probabilities.items(), key=lambda kv: -kv[1])[:3]
+            print_fn(f"{f.name}: face {i + 1} at {face.box}: {face.label} "
+                     f"({', '.join(f'{k} {v:.2f}' for k, v in top)})")
+        if out:
+            annotated = draw_faces(image.copy(), faces)
+            cv2.imwrite(str(out / f"{f.stem}_annotated.jpg"), annotated)
+            (out / f"{f.stem}.json").write_text(json.dumps(record, indent=2))
+    return results
+
+
+class VideoLoop:
+    """Runs detector over a video source. Returns a summary dict (frames in/out, faces, fps)."""
+
+    def __init__(self, detector, source: str, options: LoopOptions):
+        self.detector, self.source, self.opt = detector, source, options
+        self.kind = source_kind(source)
+        self.tracker = FaceTracker(alpha=options.smooth)
+        self.reconnect = options.reconnect or options.kiosk
+        self.window = None
+
+    def run(self) -> dict:
+        import cv2
+
+        opt = self.opt
+        cap = open_capture(self.source, self.kind, opt.timeout_s)
+        if opt.show or opt.kiosk:
+            if display_available():
+                self.window = "feredge"
+                cv2.namedWindow(self.window, cv2.WINDOW_NORMAL)
+                if opt.kiosk:
+                    cv2.setWindowProperty(self.window, cv2.WND_PROP_FULLSCREEN, cv2.WINDOW_FULLSCREEN)
+            else:
+                log.warning("no display (or OpenCV without GUI): running headless; events and video files are still written")
+        writer, events = None, open(opt.events, "a", buffering=1) if opt.events else None
+        frames_in = frames_out = faces_total = reconnects = 0
+        times = deque(maxlen=30)  # recent frame times: FPS over a sliding window, constant memory
+        fps, status, t_start = 0.0, "", time.time()
+        try:
+            with _Stopper() as stopper:
+                while not stopper.stop and not (opt.max_frames and frames_in >= opt.max_frames):
+                    ok, frame = cap.read()
+                    if not ok or frame is None:
+                        if self.kind == "video" or not self.reconnect:
+                            if self.kind in ("camera", "stream") and frames_in == 0:
+                                raise SourceError(f"{self.kind} {self.source} gave no frames")
+                            if self.kind in ("camera", "stream"):
+                                log.warning("%s %s stopped delivering frames after %d frames; ending", self.kind, self.source, frames_in)
+                            break
+                        cap.release()
+                        cap, reconnects = self._reconnect(stopper, reconnects)
+                        if cap is None:
+                            break
+                        status = ""
+                        continue
+                    frames_in += 1
+                    faces = self._faces(frame, frames_in - 1)
+                    faces_total += len(faces)
+                    now = time.time()
+                    times.append(now)
+                    if len(times) > 1:
+                        fps = (len(times) - 1) / (times[-1] - times[0])
+                    if events:
+                        for face in faces:
+                            events.write(json.dumps({"t": round(now, 3), "frame": frames_in - 1, **face.to_dict()}) + "\n")
+                    annotated = draw_faces(frame, faces, scale=1.8 if opt.kiosk else 1.0)
+                    draw_fps(annotated, fps, scale=1.5 if opt.kiosk else 1.0)
+                    if status:
+                        draw_status(annotated, status)
+                    if opt.video_out:
+                        writer = writer or self._open_writer(opt.video_out, annotated, cap)
+                        writer.write(annotated)
+                    frames_out += 1
+                    if self.window:
+                        cv2.imshow(self.window, annotated)
+                        if cv2.waitKey(1) & 0xFF in (27, ord("q")):
+                            break
+        finally:
+            if cap is not None:  # None when reconnecting gave up
+                cap.release()
+            if writer:
+                writer.release()
+            if events:
+                events.close()
+            if self.window:
+                cv2.destroyAllWindows()
+        wall = time.time() - t_start
+        return {"frames_in": frames_in, "frames_out": frames_out, "faces": faces_total, "reconnects": reconnects,
+                "wall_s": round(wall, 2), "fps": round(frames_out / wall, 2) if wall > 0 else 0.0}
+
+    def _faces(self, frame: np.ndarray, index: int):
+        det = self.detector
+        if index % max(1, self.opt.detect_every) == 0:
+            found = det.detect_faces(frame)
+            probs = det.classify(frame, [f.box for f in found])
+            tracks = self.tracker.update([f.box for f in found], probs, [f.score for f in found])
+        else:
+            tracks = self.tracker.predict_only()
+        return [det.make_face(t.box, t.probs, t.score, t.track_id) for t in tracks]
+
+    def _reconnect(self, stopper, reconnects: int):
+        """Reopen the source until it answers, the user stops, or max_reconnects is spent."""
+        while not stopper.stop:
+            if self.opt.max_reconnects and reconnects >= self.opt.max_reconnects:
+                log.warning("%s %s: gave up after %d reconnect attempts", self.kind, self.source, reconnects)
+                return None, reconnects
+            reconnects += 1
+            log.warning("%s %s lost; reconnecting (attempt %d) in %.0f s", self.kind, self.source, reconnects, self.opt.reconnect_delay_s)
+            time.sleep(self.opt.reconnect_delay_s)
+            try:
+                return open_capture(self.source, self.kind, self.opt.timeout_s), reconnects
+            except SourceError as e:
+                log.warning("%s", e)
+        return None, reconnects
+
+    @staticmethod
+    def _open_writer(path: str, frame: np.ndarray, cap):
+        import cv2
+
+        fps = cap.get(cv2.CAP_PROP_FPS) or 0
+        fps = fps if 1 <= fps <= 120 else 25.0
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
+        if not writer.isOpened():
+            raise SourceError(f"cannot write video {path}")
+        return writer

@@ -1,0 +1,60 @@
+"""Drawing: face box, label, per-class confidence bars, FPS."""
+
+from __future__ import annotations
+
+import numpy as np
+
+COLORS = {  # BGR
+    "angry": (40, 40, 220), "disgust": (40, 140, 40), "fear": (160, 60, 160), "happy": (40, 200, 240),
+    "neutral": (180, 180, 180), "sad": (200, 120, 40), "surprise": (40, 160, 250),
+}
+
+
+def draw_faces(image: np.ndarray, faces, bars: bool = True, scale: float = 1.0) -> np.ndarray:
+    """Annotate image in place (BGR) with each face's box, label and probability bars."""
+    import cv2
+
+    h, w = image.shape[:2]
+    font_scale = max(0.4, min(w, h) / 900.0) * scale
+    thick = max(1, int(round(2 * font_scale)))
+    for face in faces:
+        x, y, bw, bh = face.box
+        color = COLORS.get(face.label, (0, 255, 0))
+        cv2.rectangle(image, (x, y), (x + bw, y + bh), color, thick + 1)
+        conf = face.probabilities[face.label]
+        text = f"{face.label} {conf:.0%}" + (f" #{face.track_id}" if face.track_id is not None else "")
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale * 1.2, thick)
+        ty = max(th + base, y - 4)
+        cv2.rectangle(image, (x, ty - th - base), (x + tw + 4, ty + 2), color, -1)
+        cv2.putText(image, text, (x + 2, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale * 1.2, (0, 0, 0), thick, cv2.LINE_AA)
+        if bars:
+            _draw_bars(image, face.probabilities, x + bw + 6 if x + bw + 130 * font_scale < w else max(0, x - int(130 * font_scale) - 6),
+                       y, font_scale)
+    return image
+
+
+def _draw_bars(image, probs: dict, x0: int, y0: int, font_scale: float):
+    import cv2
+
+    row = int(16 * font_scale / 0.5)
+    width = int(60 * font_scale / 0.5)
+    for i, (label, p) in enumerate(sorted(probs.items(), key=lambda kv: -kv[1])):
+        y = y0 + i * row
+        cv2.rectangle(image, (x0, y), (x0 + width, y + row - 3), (60, 60, 60), -1)
+        cv2.rectangle(image, (x0, y), (x0 + int(width * p), y + row - 3), COLORS.get(label, (0, 255, 0)), -1)
+        cv2.putText(image, f"{label[:4]} {p:.2f}", (x0 + width + 3, y + row - 5), cv2.FONT_HERSHEY_SIMPLEX,
+                    font_scale * 0.8, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def draw_fps(image: np.ndarray, fps: float, scale: float = 1.0):
+    import cv2
+
+    fs = max(0.5, image.shape[1] / 1000.0) * scale
+    cv2.putText(image, f"{fps:5.1f} FPS", (10, int(30 * fs)), cv2.FONT_HERSHEY_SIMPLEX, fs, (0, 255, 0), max(1, int(2 * fs)), cv2.LINE_AA)
+
+
+def draw_status(image: np.ndarray, text: str, scale: float = 1.0):
+    import cv2
+
+    fs = max(0.6, image.shape[1] / 900.0) * scale
+    cv2.putText(image, text, (10, image.shape[0] - int(20 * fs)), cv2.FONT_HERSHEY_SIMPLEX, fs, (0, 200, 255), max(1, int(2 * fs)), cv2.LINE_AA)

@@ -1,0 +1,343 @@
+"""Export a trained Keras model to every edge format and refuse any format that lost accuracy.
+
+`feredge export runs/custom_cnn --out models/custom_cnn` writes, into the model folder:
+
+| format          | file                 | input / output             | weights / activations        |
+|-----------------|----------------------|----------------------------|------------------------------|
+| tflite_float32  | model_float32.tflite | float32 / float32          | float32                      |
+| tflite_float16  | model_float16.tflite | float32 / float32          | float16 weights, float32 math|
+| tflite_dynamic  | model_dynamic.tflite | float32 / float32          | int8 weights, float32 acts   |
+| tflite_int8     | model_int8.tflite    | int8 / int8 (scale, zp in manifest) | int8 / int8         |
+| onnx_float32    | model_float32.onnx   | float32 / float32          | float32 (opset 17)           |
+| onnx_int8       | model_int8.onnx      | float32 / float32 (QDQ)    | int8 per-channel / int8      |
+
+Full-integer formats are calibrated on a fixed, seeded sample of *training* images. Every artifact is
+then run through the edge runtime (LiteRT / onnxruntime, not TensorFlow) on FER-2013 PrivateTest and
+compared with the Keras model on the same images; a breach of the gate removes the artifact from the
+manifest, moves it to rejected/, and fails the export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from feredge.edge.preprocess import LABELS
+
+log = logging.getLogger(__name__)
+
+FORMATS = {
+    "tflite_float32": "model_float32.tflite",
+    "tflite_float16": "model_float16.tflite",
+    "tflite_dynamic": "model_dynamic.tflite",
+    "tflite_int8": "model_int8.tflite",
+    "onnx_float32": "model_float32.onnx",
+    "onnx_int8": "model_int8.onnx",
+}
+INT8_FORMATS = {"tflite_dynamic", "tflite_int8", "onnx_int8"}
+ONNX_OPSET = 17
+PREPROCESSING = ("grey; square face crop with 10% margin; resize to size x size (INTER_AREA shrinking, "
+                 "INTER_LINEAR enlarging); Gaussian blur of blur_sigma * size / 48 px if blur_sigma > 0; "
+                 "float32 pixels 0..255 (scaling happens inside the model); grey plane replicated when channels is 3")
+# Training artifacts copied into the model folder when exporting from a run directory.
+RUN_FILES = ("config.json", "metrics.json", "history.csv", "curves.png", "confusion_test.png",
+             "confusion_test.json", "confusion_val.png", "train_time.json")
+
+
+class ExportError(Exception):
+    """Export can't proceed; one line naming the problem."""
+
+
+class GateError(Exception):
+    """One or more formats lost more accuracy than the gate allows."""
+
+
+@dataclass
+class Gate:
+    float_max_drop: float = 0.1      # accuracy points
+    float_min_agreement: float = 99.5  # percent top-1 agreement with Keras
+    int8_max_drop: float = 1.0
+    int8_min_agreement: float = 97.0
+
+    def limits(self, fmt: str):
+        if fmt in INT8_FORMATS:
+            return self.int8_max_drop, self.int8_min_agreement
+        return self.float_max_drop, self.float_min_agreement
+
+
+def parse_formats(text: str | None) -> list[str]:
+    if not text or text == "all":
+        return list(FORMATS)
+    chosen = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in chosen if f not in FORMATS]
+    if unknown:
+        raise ExportError(f"unknown format(s) {', '.join(unknown)} (choose from {', '.join(FORMATS)})")
+    return chosen
+
+
+def resolve_source(source) -> tuple[Path, Path | None]:
+    """(the .keras file, the run directory or None) from a .keras path or a training run directory."""
+    source = Path(source).expanduser()
+    if source.is_dir():
+        if not (source / "best.keras").exists():
+            raise ExportError(f"no best.keras in run directory {source}")
+        return source / "best.keras", source
+    if not source.exists():
+        raise ExportError(f"model not found: {source}")
+    if source.suffix != ".keras":
+        raise ExportError(f"{source} is not a .keras file (give a .keras model or a training run directory)")
+    return source, None
+
+
+def load_keras(path: Path):
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:  # Keras raises several types for a corrupt or foreign file
+        raise ExportError(f"{path} is not a loadable Keras model: {str(e).splitlines()[0][:200]}") from None
+
+
+def check_writable(out_dir: Path):
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ExportError(f"output folder {out_dir} is not writable: {e.strerror or e}") from None
+
+
+def calibration_sample(train_x: np.ndarray, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return train_x[np.sort(rng.choice(len(train_x), size=min(n, len(train_x)), replace=False))]
+
+
+# --- converters ---------------------------------------------------------------------------------
+
+def to_tflite(saved_model_dir: Path, mode: str, calib_pixels: np.ndarray | None) -> bytes:
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    if mode == "float16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode == "int8":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: ([calib_pixels[i : i + 1]] for i in range(len(calib_pixels)))
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def to_onnx(model, path: Path):
+    model.export(str(path), format="onnx", opset_version=ONNX_OPSET, verbose=False)
+
+
+def quantize_onnx(float_path: Path, out_path: Path, calib_pixels: np.ndarray):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    import onnxruntime as ort
+
+    input_name = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{input_name: calib_pixels[i : i + 1]} for i in range(len(calib_pixels))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepped = Path(tmp) / "prepped.onnx"
+        quant_pre_process(str(float_path), str(prepped), skip_symbolic_shape=True)
+        quantize_static(str(prepped), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+
+
+def convert(model, fmt: str, out_path: Path, saved_model_dir: Path, calib_pixels, onnx_float: Path):
+    if fmt.startswith("tflite_"):
+        out_path.write_bytes(to_tflite(saved_model_dir, fmt.split("_", 1)[1], calib_pixels))
+    elif fmt == "onnx_float32":
+        to_onnx(model, out_path)
+    elif fmt == "onnx_int8":
+        if not onnx_float.exists():
+            to_onnx(model, onnx_float)
+        quantize_onnx(onnx_float, out_path, calib_pixels)
+
+
+# --- the gate -------------------------------------------------------------------------------------
+
+def prediction_digest(pred: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(pred, np.int8).tobytes()).hexdigest()
+
+
+def gate_eval_set(data, quick: int, seed: int):
+    """PrivateTest, or for quick mode a fixed stratified subset of it."""
+    from feredge.train.train import subset
+
+    return subset(data["test"], quick, seed)
+
+
+def evaluate_artifact(path: Path, x_gray, y, blur_sigma: float):
+    from feredge.edge.classifier import EmotionClassifier
+    from feredge.train.evaluate import classification_metrics, predict_split
+
+    clf = EmotionClassifier(path, verify=False, blur_sigma=blur_sigma)
+    probs = predict_split(clf.predict_pixels, x_gray, clf.input_size, clf.channels, tta=False, blur_sigma=blur_sigma)
+    pred = probs.argmax(1)
+    m = classification_metrics(y, pred)
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}, pred
+
+
+def io_details(path: Path) -> dict:
+    """Input/output dtypes and quantization parameters, as the edge runtime sees them."""
+    if path.suffix == ".tflite":
+        from feredge.edge.classifier import load_litert_interpreter
+
+        interp = load_litert_interpreter(path, 1)
+        i, o = interp.get_input_details()[0], interp.get_output_details()[0]
+        return {"input_dtype": np.dtype(i["dtype"]).name, "output_dtype": np.dtype(o["dtype"]).name,
+                "input_quantization": list(map(float, i["quantization"])) if i["quantization"][0] else None,
+                "output_quantization": list(map(float, o["quantization"])) if o["quantization"][0] else None}
+    import onnx
+
+    m = onnx.load(str(path))
+    elem = {1: "float32", 3: "int8", 2: "uint8"}
+    return {"input_dtype": elem.get(m.graph.input[0].type.tensor_type.elem_type, "?"),
+            "output_dtype": elem.get(m.graph.output[0].type.tensor_type.elem_type, "?"),
+            "opset": max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")),
+            "quantization": "QDQ int8, per-channel weights" if "int8" in path.name else None}
+
+
+def sha256_of(path: Path) -> str:
+    from feredge.edge.classifier import sha256_of as edge_sha
+
+    return edge_sha(path)
+
+
+def tool_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy", "opencv-python-headless"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib_n: int = 500, seed: int = 0,
+                 gate: Gate | None = None, name: str | None = None, progress: bool = True,
+                 calib_pixels: np.ndarray | None = None, blur_sigma: float | None = None) -> dict:
+    """Export, gate and write manifest.json. Raises GateError (after writing) if any format breaches.
+
+    calib_pixels replaces the seeded training sample for int8 calibration (tests use it to damage a model).
+    """
+    from tqdm import tqdm
+
+    from feredge.train.data import default_data_path, load_fer2013
+    from feredge.train.evaluate import classification_metrics, predict_split
+
+    gate = gate or Gate()
+    formats = parse_formats(formats) if isinstance(formats, (str, type(None))) else formats
+    keras_path, run_dir = resolve_source(source)
+    out_dir = Path(out_dir)
+    check_writable(out_dir)
+    model = load_keras(keras_path)
+    from feredge.train.evaluate import run_blur_sigma
+
+    blur = run_blur_sigma(keras_path) if blur_sigma is None else blur_sigma
+    _, size, _, channels = model.input_shape
+    data = data or load_fer2013(default_data_path())
+    from feredge.edge.preprocess import preprocess_faces
+
+    calib = preprocess_faces(calibration_sample(data["train"].x, calib_n, seed), size, channels) \
+        if calib_pixels is None else calib_pixels
+    evalset = gate_eval_set(data, quick, seed)
+
+    keras_probs = predict_split(lambda x: np.asarray(model.predict(x, batch_size=256, verbose=0)),
+                                evalset.x, size, channels, tta=False, blur_sigma=blur)
+    keras_pred = keras_probs.argmax(1)
+    km = classification_metrics(evalset.y, keras_pred)
+    reference = {"accuracy": km["accuracy"], "macro_f1": km["macro_f1"], "file": keras_path.name,
+                 "sha256": sha256_of(keras_path)}
+    log.info("Keras reference: accuracy %.4f, macro-F1 %.4f on %d images", km["accuracy"], km["macro_f1"], km["n"])
+
+    results, rejected = {}, {}
+    rejected_dir = out_dir / "rejected"
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "saved_model"
+        model.export(str(saved), verbose=False)  # TF SavedModel, the TFLite converter's input
+        onnx_float_tmp = Path(tmp) / "float32.onnx"
+        for fmt in tqdm(formats, desc="exporting", unit="format", disable=not progress):
+            path = out_dir / FORMATS[fmt]
+            try:
+                convert(model, fmt, path, saved, calib, onnx_float_tmp)
+            except Exception as e:  # a converter failure is a failed format, said in one line
+                rejected[fmt] = {"error": f"conversion failed: {str(e).splitlines()[0][:300]}"}
+                log.error("%s: conversion failed: %s", fmt, str(e).splitlines()[0][:300])
+                continue
+            metrics, pred = evaluate_artifact(path, evalset.x, evalset.y, blur)
+            drop = 100 * (reference["accuracy"] - metrics["accuracy"])
+            agreement = 100 * float(np.mean(pred == keras_pred))
+            max_drop, min_agree = gate.limits(fmt)
+            entry = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_of(path),
+                     **io_details(path), **metrics, "accuracy_drop_pt": round(drop, 3),
+                     "agreement_pct": round(agreement, 3), "gate": {"max_drop_pt": max_drop, "min_agreement_pct": min_agree},
+                     "predictions_sha256": prediction_digest(pred)}
+            if drop > max_drop or agreement < min_agree:
+                entry["gate"]["passed"] = False
+                rejected[fmt] = entry
+                rejected_dir.mkdir(exist_ok=True)
+                shutil.move(str(path), rejected_dir / path.name)
+                log.error("GATE FAILED %s: accuracy %.4f (drop %.2f pt > %.2f?) agreement %.2f%% (< %.2f%%?)",
+                          fmt, metrics["accuracy"], drop, max_drop, agreement, min_agree)
+            else:
+                entry["gate"]["passed"] = True
+                results[fmt] = entry
+
+    manifest_path = out_dir / "manifest.json"
+    previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    formats_out = {k: v for k, v in previous.get("formats", {}).items() if k not in formats and (out_dir / v["file"]).exists()}
+    formats_out.update(results)
+    manifest = {
+        "name": name or out_dir.name,
+        "architecture": model.name,
+        "labels": list(LABELS),
+        "input": {"size": size, "channels": channels, "dtype": "float32", "range": [0, 255],
+                  "layout": "NHWC", "blur_sigma": blur, "preprocessing": PREPROCESSING},
+        "evaluation": {"split": "PrivateTest", "n": int(len(evalset)), "quick": bool(quick), "seed": seed,
+                       "predictions": "argmax per image, in the order of the eval set; predictions_sha256 hashes them as int8"},
+        "calibration": {"split": "Training", "n": int(len(calib)), "seed": seed},
+        "keras_reference": reference,
+        "formats": formats_out,
+        "rejected": rejected,
+        "tools": tool_versions(),
+        "platform": {"machine": platform.machine(), "system": platform.system()},
+    }
+    if run_dir:
+        for f in RUN_FILES:
+            if (run_dir / f).exists():
+                shutil.copy2(run_dir / f, out_dir / ("training_" + f if f in ("config.json", "metrics.json") else f))
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    if rejected:
+        raise GateError("; ".join(
+            f"{fmt}: {v['error']}" if "error" in v else
+            f"{fmt}: accuracy {100 * v['accuracy']:.2f}% (drop {v['accuracy_drop_pt']:.2f} pt, limit {v['gate']['max_drop_pt']}), "
+            f"agreement {v['agreement_pct']:.2f}% (min {v['gate']['min_agreement_pct']})"
+            for fmt, v in rejected.items()))
+    return manifest

@@ -1,0 +1,207 @@
+"""`feredge` command line: detect | train | evaluate | export | bench | ui.
+
+Each subcommand imports only what it needs, so `feredge detect` never loads TensorFlow.
+Known bad input ends in one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EXIT_ERROR, EXIT_GATE = 2, 3
+
+
+def _detect(args):
+    from feredge.edge.detector import EmotionDetector
+    from feredge.edge.loop import LoopOptions, VideoLoop, run_images, source_kind
+
+    detector = EmotionDetector(args.model, fmt=args.format, face_model=args.face_model, threads=args.threads,
+                               min_face=args.min_face, detect_width=args.detect_width,
+                               allow_download=not args.no_download)
+    print(f"model: {detector.classifier.path} ({detector.classifier.format or 'file'}), faces: {detector.faces.kind}",
+          file=sys.stderr)
+    kind = source_kind(args.source)
+    if kind in ("image", "folder"):
+        out = args.out or "detections"
+        results = run_images(detector, args.source, out)
+        print(f"annotated image(s) and JSON written to {out}/", file=sys.stderr)
+        return 0 if any(r["faces"] for r in results) else 1
+    opts = LoopOptions(show=args.show, kiosk=args.kiosk, video_out=args.video_out, events=args.events,
+                       detect_every=args.detect_every, smooth=args.smooth, max_frames=args.max_frames,
+                       timeout_s=args.timeout, reconnect=args.reconnect, max_reconnects=args.max_reconnects)
+    summary = VideoLoop(detector, args.source, opts).run()
+    print(json.dumps(summary))
+    return 0
+
+
+def _train(args):
+    from feredge.train.train import load_config, parse_override, train, _merge
+
+    overrides: dict = {}
+    for text in args.set or []:
+        _merge(overrides, parse_override(text))
+    for key in ("epochs", "data", "seed"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    cfg = load_config(args.config, overrides)
+    metrics = train(cfg, Path(args.run_dir))
+    print(json.dumps({s: {k: metrics[s][k] for k in ("accuracy", "macro_f1")} for s in ("val", "test")}))
+    return 0
+
+
+def _evaluate(args):
+    from feredge.train.data import default_data_path, load_fer2013
+    from feredge.train.evaluate import evaluate_and_report
+
+    data = load_fer2013(args.data or default_data_path())
+    splits = {"test": ("test",), "val": ("val",), "both": ("val", "test")}[args.split]
+    out = args.out or (Path(args.model).parent / "eval")
+    metrics = evaluate_and_report(Path(args.model), data, out, splits=splits, tta=args.tta)
+    summary = {s: {k: metrics[s][k] for k in ("n", "accuracy", "macro_f1")} for s in splits}
+    summary.update({k: v for k, v in metrics.items() if k.endswith("flip_tta")})
+    print(json.dumps(summary))
+    return 0
+
+
+def _export(args):
+    from feredge.export.export import Gate, export_model
+
+    data = None
+    if args.data:
+        from feredge.train.data import load_fer2013
+
+        data = load_fer2013(args.data)
+    gate = Gate(args.max_drop_float, args.min_agreement_float, args.max_drop_int8, args.min_agreement_int8)
+    manifest = export_model(args.source, args.out, formats=args.formats, data=data, quick=args.quick,
+                            calib_n=args.calib, gate=gate)
+    ref = manifest["keras_reference"]
+    print(f"{'format':16} {'acc %':>7} {'drop pt':>8} {'agree %':>8} {'macro-F1':>8} {'KB':>7}")
+    print(f"{'keras':16} {100 * ref['accuracy']:7.2f} {'':>8} {'':>8} {ref['macro_f1']:8.4f}")
+    for fmt, v in manifest["formats"].items():
+        print(f"{fmt:16} {100 * v['accuracy']:7.2f} {v['accuracy_drop_pt']:8.2f} {v['agreement_pct']:8.2f} "
+              f"{v['macro_f1']:8.4f} {v['bytes'] / 1024:7.0f}")
+    return 0
+
+
+def _bench(args):
+    from feredge.benchmarks.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def _ui(args):
+    from feredge.edge.gradio_app import launch
+
+    launch(args.model, face_model=args.face_model, host=args.host, port=args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="feredge", description="Facial-emotion detection for Pi-class CPUs.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("detect", help="detect faces and emotions in an image, folder, video, camera or stream")
+    d.add_argument("source", help="image file, folder of images, video file, camera index (0) or stream URL")
+    d.add_argument("--model", help="model folder (with manifest.json) or .tflite/.onnx file; default: the shipped model")
+    d.add_argument("--format", help="format from the manifest, e.g. tflite_int8 or onnx_int8 (default: best available)")
+    d.add_argument("--face-model", help=f"path to the YuNet face model (or set FEREDGE_FACE_MODEL)")
+    d.add_argument("--no-download", action="store_true", help="never download the YuNet file")
+    d.add_argument("--threads", type=int, help="inference threads (default: the runtime's)")
+    d.add_argument("--min-face", type=int, default=24, help="smallest face side in pixels (default 24)")
+    d.add_argument("--detect-width", type=int, default=640, help="shrink wider frames to this width for face detection")
+    d.add_argument("--out", help="image inputs: folder for annotated images + JSON (default: detections/)")
+    d.add_argument("--video-out", help="write the annotated video here (.mp4)")
+    d.add_argument("--events", help="append JSON-lines events (time, face id, box, probabilities) here")
+    d.add_argument("--show", action="store_true", help="live window (falls back to headless without a display)")
+    d.add_argument("--kiosk", action="store_true", help="fullscreen, large labels, reconnect, run until stopped")
+    d.add_argument("--detect-every", type=int, default=1, help="run face detection every N frames (tracks in between)")
+    d.add_argument("--smooth", type=float, default=0.4, help="EMA weight of the newest frame (1 = no smoothing)")
+    d.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: run to the end)")
+    d.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a stream to open or deliver")
+    d.add_argument("--reconnect", action="store_true", help="reopen a camera/stream that drops (kiosk implies it)")
+    d.add_argument("--max-reconnects", type=int, default=0, help="give up after N reconnects (0: never)")
+    d.set_defaults(func=_detect)
+
+    t = sub.add_parser("train", help="train a model from a config file")
+    t.add_argument("--config", required=True, help="TOML config (train/configs/*.toml)")
+    t.add_argument("--run-dir", required=True, help="run directory (resumes if it holds a backup)")
+    t.add_argument("--data", help="FER-2013 zip, folder or csv (default: $FER2013_ZIP or ../shared)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. augment.rotation=10")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a .keras, .tflite or .onnx model on FER-2013")
+    e.add_argument("model")
+    e.add_argument("--data")
+    e.add_argument("--split", choices=("test", "val", "both"), default="test", help="test = PrivateTest, val = PublicTest")
+    e.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
+    e.add_argument("--out", help="folder for metrics.json and confusion matrices")
+    e.set_defaults(func=_evaluate)
+
+    x = sub.add_parser("export", help="export to TFLite/ONNX formats behind the accuracy gate")
+    x.add_argument("source", help="training run directory or .keras file")
+    x.add_argument("--out", required=True, help="model folder, e.g. models/custom_cnn")
+    x.add_argument("--formats", default="all", help="comma list or 'all': tflite_float32, tflite_float16, "
+                   "tflite_dynamic, tflite_int8, onnx_float32, onnx_int8")
+    x.add_argument("--data")
+    x.add_argument("--quick", type=int, default=0, help="gate on a fixed stratified subset of N PrivateTest images")
+    x.add_argument("--calib", type=int, default=500, help="training images for int8 calibration (default 500)")
+    x.add_argument("--max-drop-float", type=float, default=0.1)
+    x.add_argument("--min-agreement-float", type=float, default=99.5)
+    x.add_argument("--max-drop-int8", type=float, default=1.0)
+    x.add_argument("--min-agreement-int8", type=float, default=97.0)
+    x.set_defaults(func=_export)
+
+    b = sub.add_parser("bench", help="accuracy, latency, memory and size per format")
+    from feredge.benchmarks.bench import add_arguments
+
+    add_arguments(b)
+    b.set_defaults(func=_bench)
+
+    u = sub.add_parser("ui", help="Gradio front end (pip install 'feredge[ui]')")
+    u.add_argument("--model")
+    u.add_argument("--face-model")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=7860)
+    u.set_defaults(func=_ui)
+    return p
+
+
+def known_errors() -> tuple:
+    from feredge.edge.classifier import ModelError
+    from feredge.edge.detector import ImageError
+    from feredge.edge.faces import FaceDetectorError
+    from feredge.edge.loop import SourceError
+
+    errors = [ModelError, ImageError, FaceDetectorError, SourceError, FileNotFoundError]
+    for mod, names in (("feredge.train.data", ("DataError",)), ("feredge.export.export", ("ExportError",))):
+        if mod in sys.modules:
+            errors += [getattr(sys.modules[mod], n) for n in names]
+    return tuple(errors)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        if type(e).__name__ == "GateError":
+            print(f"feredge: export gate FAILED: {e}", file=sys.stderr)
+            return EXIT_GATE
+        if isinstance(e, known_errors()) or (isinstance(e, ValueError) and args.command == "train"):
+            print(f"feredge: error: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from feredge.export.export import FORMATS, ExportError, GateError, export_model, parse_formats
+
+
+def test_all_six_formats_pass_the_gate(tiny_models, mini_data):
+    m = json.loads((tiny_models / "manifest.json").read_text())
+    assert set(m["formats"]) == set(FORMATS) and m["rejected"] == {}
+    assert m["keras_reference"]["accuracy"] > 0.7  # chance is 0.14: the predictions mean something
+    assert m["evaluation"]["n"] == len(mini_data["test"]) and m["calibration"]["split"] == "Training"
+    from feredge.edge.classifier import sha256_of
+
+    for fmt, e in m["formats"].items():
+        assert e["gate"]["passed"] and (tiny_models / e["file"]).stat().st_size == e["bytes"]
+        assert sha256_of(tiny_models / e["file"]) == e["sha256"]
+        assert e["agreement_pct"] >= e["gate"]["min_agreement_pct"]
+    assert m["formats"]["tflite_int8"]["input_dtype"] == "int8"
+    assert m["formats"]["tflite_int8"]["input_quantization"] == pytest.approx([1.0, -128.0])  # exact on 0..255 pixels
+    assert m["formats"]["tflite_float32"]["input_dtype"] == "float32"
+    assert m["formats"]["onnx_float32"]["opset"] >= 17 and m["formats"]["onnx_int8"]["opset"] >= 17
+    assert {"tensorflow", "keras", "tf2onnx", "onnxruntime", "ai-edge-litert"} <= set(m["tools"])
+    for f in ("training_config.json", "training_metrics.json", "confusion_test.png", "curves.png"):
+        assert (tiny_models / f).exists(), f
+
+
+def test_gate_fails_on_a_damaged_artifact(tmp_path, tiny_run, mini_data):
+    # int8 calibrated on black images: activation ranges collapse, predictions break.
+    zeros = np.zeros((8, 48, 48, 1), np.float32)
+    with pytest.raises(GateError) as err:
+        export_model(tiny_run, tmp_path, formats="tflite_float32,tflite_int8", data=mini_data,
+                     calib_pixels=zeros, progress=False)
+    assert "tflite_int8" in str(err.value) and "tflite_float32" not in str(err.value)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert list(m["formats"]) == ["tflite_float32"] and not m["rejected"]["tflite_int8"]["gate"]["passed"]
+    assert (tmp_path / "rejected" / "model_int8.tflite").exists() and not (tmp_path / "model_int8.tflite").exists()
+
+
+def test_gate_thresholds_are_enforced(tmp_path, tiny_run, mini_data):
+    from feredge.export.export import Gate
+
+    # An impossible threshold must fail even a perfect float export: the gate is not decorative.
+    with pytest.raises(GateError, match="tflite_float32"):
+        export_model(tiny_run, tmp_path, formats="tflite_float32", data=mini_data, progress=False,
+                     gate=Gate(float_min_agreement=100.1))
+
+
+def test_exported_models_predict_the_same_without_tensorflow(tiny_models, mini_zip):
+    script = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "keras"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        import json, hashlib
+        import numpy as np
+        from feredge.edge.classifier import EmotionClassifier
+        from feredge.edge.preprocess import preprocess_faces
+        from feredge.train.data import load_fer2013
+        test = load_fer2013({str(mini_zip)!r}, use_cache=False)["test"]
+        manifest = json.load(open({str(tiny_models / "manifest.json")!r}))
+        for fmt in manifest["formats"]:
+            clf = EmotionClassifier({str(tiny_models)!r}, fmt=fmt)
+            pred = clf.predict_pixels(preprocess_faces(test.x, clf.input_size, clf.channels)).argmax(1)
+            same = hashlib.sha256(pred.astype(np.int8).tobytes()).hexdigest() == manifest["formats"][fmt]["predictions_sha256"]
+            print(fmt, same)
+        assert "tensorflow" not in sys.modules and "keras" not in sys.modules
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(r.stdout.split()) == sorted(sum([[f, "True"] for f in FORMATS], []))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "model not found"),
+    ("not_keras", "is not a .keras file"),
+    ("corrupt_keras", "is not a loadable Keras model"),
+    ("unknown_format", "unknown format(s) tflite_int4"),
+    ("unwritable", "is not writable"),
+])
+def test_export_bad_input_is_one_line(tmp_path, tiny_run, capsys, case, message):
+    from feredge.cli import main
+
+    src, out, formats = tiny_run, tmp_path / "out", "tflite_float32"
+    if case == "missing":
+        src = tmp_path / "nope.keras"
+    elif case == "not_keras":
+        src = tmp_path / "model.h5"
+        src.write_bytes(b"x")
+    elif case == "corrupt_keras":
+        src = tmp_path / "model.keras"
+        src.write_bytes(b"not a zip")
+    elif case == "unknown_format":
+        formats = "tflite_int4"
+    elif case == "unwritable":
+        (tmp_path / "afile").write_text("")
+        out = tmp_path / "afile" / "sub"
+    code = main(["export", str(src), "--out", str(out), "--formats", formats])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and message in err[-1] and err[-1].startswith("feredge: error:")
+
+
+def test_parse_formats():
+    assert parse_formats("all") == list(FORMATS)
+    assert parse_formats("onnx_int8, tflite_int8") == ["onnx_int8", "tflite_int8"]
+    with pytest.raises(ExportError):
+        parse_formats("tflite_int8,bogus")

@@ -1,0 +1,21 @@
+import json
+import shutil
+
+from feredge.benchmarks.report import update_readme
+
+
+def test_readme_tables_come_from_manifests_and_results(tmp_path, tiny_models):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models / "tiny")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "some-cpu.md").write_text("### some cpu\n\n| model | format |\n|---|---|\n| tiny | tflite_int8 |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- models-table:start -->\nold\n<!-- models-table:end -->\nmiddle\n"
+                      "<!-- bench-table:start -->\nold\n<!-- bench-table:end -->\nend\n")
+    text = update_readme(readme, models, results)
+    m = json.loads((models / "tiny" / "manifest.json").read_text())
+    acc = f"{100 * m['formats']['tflite_int8']['accuracy']:.2f} %"
+    assert "| tiny | tflite_int8 | " + acc in text
+    assert text.count("| tiny |") == 1 + len(m["formats"]) + 1  # keras row, one per format, bench row
+    assert "old" not in text and text.startswith("intro\n") and text.endswith("end\n") and "### some cpu" in text

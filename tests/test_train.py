@@ -1,0 +1,113 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from feredge.train.train import class_weights, load_config, parse_override, train
+
+TINY = {"epochs": 1, "batch_size": 16, "precision": "float32", "warmup_epochs": 0, "tta": False, "blur_sigma": 0.0,
+        "max_train_samples": 42, "max_eval_samples": 14}
+
+
+def tiny_cfg(**kw):
+    cfg = dict(TINY)
+    cfg.update(kw)
+    return load_config("custom_cnn.toml", cfg)
+
+
+@pytest.mark.parametrize("arch, size, extra", [
+    ("custom_cnn", 48, {"widths": [4, 8]}),
+    ("resnet50v2", 32, {"weights": "none"}),
+    ("vgg16", 32, {"weights": "none"}),
+])
+def test_each_architecture_fits_and_reports(tmp_path, mini_data, arch, size, extra):
+    cfg = tiny_cfg(arch=arch, input_size=size, **extra)
+    metrics = train(cfg, tmp_path, data=mini_data)
+    for f in ("config.json", "history.csv", "best.keras", "metrics.json", "confusion_test.png",
+              "confusion_test.json", "confusion_val.png", "curves.png"):
+        assert (tmp_path / f).exists(), f
+    assert 0 <= metrics["test"]["accuracy"] <= 1 and metrics["test"]["n"] == 14
+    import keras
+
+    model = keras.models.load_model(tmp_path / "best.keras", compile=False)
+    assert model.input_shape == (None, size, size, 1 if arch == "custom_cnn" else 3)
+    # The saved inference model holds no random-augmentation layer (TFLite would need Flex ops).
+    assert not any(type(layer).__name__.startswith("Random") for layer in model.layers)
+
+
+def test_mixed_precision_run_saves_a_float32_model(tmp_path, mini_data):
+    train(tiny_cfg(widths=[4, 8], precision="mixed_bfloat16", mixup=0.4), tmp_path, data=mini_data)
+    import keras
+
+    model = keras.models.load_model(tmp_path / "best.keras", compile=False)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+
+
+def test_resume_continues_where_the_run_stopped(tmp_path, mini_data):
+    train(tiny_cfg(widths=[4, 8], epochs=1), tmp_path, data=mini_data)
+    train(tiny_cfg(widths=[4, 8], epochs=3), tmp_path, data=mini_data)
+    with open(tmp_path / "history.csv") as f:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
+    assert epochs == [0, 1, 2]
+    with pytest.raises(ValueError, match="another config"):
+        train(tiny_cfg(widths=[4, 8], epochs=4, learning_rate=0.5), tmp_path, data=mini_data)
+
+
+def test_imagenet_weights_from_a_local_file(tmp_path):
+    import keras
+
+    from feredge.train.models import build_model
+
+    ref = keras.applications.ResNet50V2(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path / "resnet50v2_notop.weights.h5"
+    ref.save_weights(path)
+    model = build_model("resnet50v2", 32, weights=str(path))
+    backbone = model.get_layer("resnet50v2")
+    assert all(np.array_equal(a, b) for a, b in zip(backbone.get_weights(), ref.get_weights()))
+    with pytest.raises(FileNotFoundError):
+        build_model("resnet50v2", 32, weights=str(tmp_path / "missing.h5"))
+
+
+def test_class_weights_and_overrides():
+    y = np.array([0] * 6 + [1] * 2 + [2, 3, 4, 5, 6] * 2)
+    bal = class_weights(y, "balanced")
+    assert bal[0] == pytest.approx(18 / (7 * 6)) and bal[1] == pytest.approx(18 / (7 * 2))
+    assert class_weights(y, "sqrt") == pytest.approx(np.sqrt(bal))
+    assert parse_override("augment.rotation=10") == {"augment": {"rotation": 10}}
+    assert parse_override("arch=vgg16") == {"arch": "vgg16"}
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_config(None, {"epoch": 3})
+
+
+def test_one_training_step_under_the_jax_backend_with_data_parallel(tmp_path, mini_zip):
+    """Backend-agnostic: the same train() runs under JAX (here on 2 virtual CPU devices, data parallel)."""
+    script = textwrap.dedent(f"""
+        import json, keras
+        from feredge.train.train import load_config, train
+        assert keras.backend.backend() == "jax"
+        cfg = load_config("custom_cnn.toml", {json.dumps({**TINY, "widths": [4, 8], "data": str(mini_zip), "data_parallel": "on"})})
+        m = train(cfg, {str(tmp_path)!r})
+        print("RESULT", keras.backend.backend(), m["test"]["n"])
+    """)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "RESULT jax 14" in r.stdout
+    assert "DataParallel over 2 devices" in r.stderr
+    # A model trained under JAX loads under TensorFlow (this process) for export.
+    import keras
+
+    model = keras.models.load_model(tmp_path / "best.keras", compile=False)
+    assert model.predict(np.zeros((1, 48, 48, 1), np.float32), verbose=0).shape == (1, 7)
+
+
+def test_cli_train_bad_config_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "feredge.cli", "train", "--config", str(tmp_path / "nope.toml"),
+                        "--run-dir", str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "config not found" in r.stderr

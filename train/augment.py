@@ -1,0 +1,42 @@
+"""Training-time augmentation as Keras preprocessing layers, wrapped around the inference model.
+
+The wrapper is used for fit() only; the inference model inside it is what gets saved and exported.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+
+def augmentation_layers(cfg: dict) -> list:
+    """cfg keys (0 disables one): flip, rotation (degrees), shift and zoom (fractions),
+    contrast, brightness (fractions), erasing (probability of one random erase)."""
+    out = []
+    if cfg.get("flip", True):
+        out.append(layers.RandomFlip("horizontal"))
+    if cfg.get("rotation", 0):
+        out.append(layers.RandomRotation(cfg["rotation"] / 360.0, fill_mode="reflect"))
+    if cfg.get("shift", 0):
+        out.append(layers.RandomTranslation(cfg["shift"], cfg["shift"], fill_mode="reflect"))
+    if cfg.get("zoom", 0):
+        out.append(layers.RandomZoom((-cfg["zoom"], cfg["zoom"]), fill_mode="reflect"))
+    if cfg.get("contrast", 0):
+        out.append(layers.RandomContrast(cfg["contrast"], value_range=(0, 255)))
+    if cfg.get("brightness", 0):
+        out.append(layers.RandomBrightness(cfg["brightness"], value_range=(0, 255)))
+    if cfg.get("erasing", 0):
+        out.append(layers.RandomErasing(factor=cfg["erasing"], scale=(0.02, 0.15), value_range=(0, 255)))
+    return out
+
+
+def training_model(model: keras.Model, cfg: dict) -> keras.Model:
+    """model preceded by the augmentation layers (active only when training=True)."""
+    aug = augmentation_layers(cfg)
+    if not aug:
+        return model
+    inputs = keras.Input(model.input_shape[1:], name="pixels")
+    x = inputs
+    for layer in aug:
+        x = layer(x)
+    return keras.Model(inputs, model(x), name=f"{model.name}_train")

@@ -1,0 +1,159 @@
+"""Evaluation any practitioner would trust: accuracy, per-class and macro precision / recall / F1,
+confusion matrix (JSON and PNG), training curves (PNG), optional flip test-time augmentation.
+
+Works on any saved model: `.keras` through Keras, `.tflite` / `.onnx` through the edge runtime.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from feredge.edge.preprocess import LABELS
+
+log = logging.getLogger(__name__)
+
+
+def classification_metrics(y_true, y_pred, n_classes: int = len(LABELS)) -> dict:
+    """Accuracy, per-class and macro precision/recall/F1 and the confusion matrix (rows: truth)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    cm = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    tp = np.diag(cm).astype(np.float64)
+    predicted, actual = cm.sum(0), cm.sum(1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    labels = LABELS if n_classes == len(LABELS) else tuple(str(i) for i in range(n_classes))
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(tp.sum() / max(1, len(y_true))),
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "per_class": {lab: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                      for lab, p, r, f, s in zip(labels, precision, recall, f1, actual)},
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def plot_confusion(cm, path: Path, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(LABELS)), LABELS, rotation=45, ha="right")
+    ax.set_yticks(range(len(LABELS)), LABELS)
+    for i in range(len(LABELS)):
+        for j in range(len(LABELS)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n({cm[i, j]})", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_history(history_csv: Path, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(history_csv) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, ax in (("loss", a1), ("accuracy", a2)):
+        ax.plot(epochs, [float(r[key]) for r in rows], label=f"train {key} (augmented)")
+        if f"val_{key}" in rows[0]:
+            ax.plot(epochs, [float(r[f"val_{key}"]) for r in rows], label=f"PublicTest {key}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_blur_sigma(model_path: Path) -> float:
+    """The blur_sigma a .keras model was trained for, from the run's config.json beside it (else 0)."""
+    config = Path(model_path).with_name("config.json")
+    return float(json.loads(config.read_text()).get("blur_sigma", 0.0)) if config.exists() else 0.0
+
+
+def predictor(model_path: Path, blur_sigma: float | None = None):
+    """(predict_fn(pixels) -> probabilities, input_size, channels, blur_sigma) for a .keras, .tflite or
+    .onnx file. blur_sigma None: from the run's config.json (.keras) or the manifest (exported)."""
+    model_path = Path(model_path)
+    if model_path.suffix == ".keras":
+        import keras
+
+        model = keras.models.load_model(model_path, compile=False)
+        _, h, _, c = model.input_shape
+        blur = run_blur_sigma(model_path) if blur_sigma is None else blur_sigma
+        return (lambda x: np.asarray(model.predict(x, batch_size=256, verbose=0))), h, c, blur
+    from feredge.edge.classifier import EmotionClassifier
+
+    clf = EmotionClassifier(model_path, blur_sigma=blur_sigma)
+    return clf.predict_pixels, clf.input_size, clf.channels, clf.blur_sigma
+
+
+def predict_split(predict_fn, x_gray, size, channels, tta: bool, blur_sigma: float = 0.0, batch: int = 512):
+    from feredge.edge.preprocess import preprocess_faces
+
+    out = []
+    for i in range(0, len(x_gray), batch):
+        xb = preprocess_faces(x_gray[i : i + batch], size, channels, blur_sigma)
+        p = predict_fn(xb)
+        if tta:
+            p = (p + predict_fn(xb[:, :, ::-1, :].copy())) / 2.0
+        out.append(p)
+    return np.concatenate(out)
+
+
+def evaluate_and_report(model_path, data, out_dir, splits=("test",), tta=False, max_samples=0, seed=0,
+                        blur_sigma: float | None = None) -> dict:
+    """Evaluate model_path on the given splits; write metrics.json, confusion matrices, curves."""
+    from feredge.train.train import subset
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predict_fn, size, channels, blur = predictor(model_path, blur_sigma)
+    names = {"val": "PublicTest", "test": "PrivateTest", "train": "Training"}
+    results = {"model": str(model_path), "blur_sigma": blur}
+    for split in splits:
+        part = subset(data[split], max_samples, seed)
+        probs = predict_split(predict_fn, part.x, size, channels, tta=False, blur_sigma=blur)
+        m = classification_metrics(part.y, probs.argmax(1))
+        results[split] = m
+        (out_dir / f"confusion_{split}.json").write_text(json.dumps(
+            {"labels": LABELS, "rows": "true", "cols": "predicted", "matrix": m["confusion_matrix"]}))
+        plot_confusion(m["confusion_matrix"], out_dir / f"confusion_{split}.png",
+                       f"{names[split]} ({m['n']}): accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
+        if tta:
+            tprobs = predict_split(predict_fn, part.x, size, channels, tta=True, blur_sigma=blur)
+            results[f"{split}_flip_tta"] = {k: v for k, v in classification_metrics(part.y, tprobs.argmax(1)).items()
+                                            if k in ("n", "accuracy", "macro_f1")}
+        log.info("%s %s: accuracy %.4f, macro-F1 %.4f (n=%d)", Path(model_path).name, names[split],
+                 m["accuracy"], m["macro_f1"], m["n"])
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    if (out_dir / "history.csv").exists():
+        plot_history(out_dir / "history.csv", out_dir / "curves.png")
+    return results

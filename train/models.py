@@ -1,0 +1,122 @@
+"""The three architectures. Each takes grey pixels 0..255 (see feredge.edge.preprocess) and scales
+them itself, so every exported format shares one input contract.
+
+Only inference layers live here; random augmentation is added around the model at training time
+(train/augment.py), never inside it: TFLite would need Flex ops for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from feredge.edge.preprocess import LABELS
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = ("custom_cnn", "resnet50v2", "vgg16")
+# Channels each architecture takes: ImageNet backbones get the grey plane replicated to 3.
+INPUT_CHANNELS = {"custom_cnn": 1, "resnet50v2": 3, "vgg16": 3}
+
+
+def build_model(arch: str, input_size: int = 48, weights: str | None = None, dropout: float = 0.4,
+                widths=(32, 64, 128, 256)) -> keras.Model:
+    """weights: for the ImageNet backbones, "imagenet" (Keras cache or download), a local .h5/.weights
+    file, or None for random initialisation. Ignored by the custom CNN."""
+    if arch == "custom_cnn":
+        return custom_cnn(input_size, widths=widths, dropout=dropout)
+    if arch in ("resnet50v2", "vgg16"):
+        return imagenet_backbone(arch, input_size, weights, dropout)
+    raise ValueError(f"unknown architecture '{arch}' (choose from {', '.join(ARCHITECTURES)})")
+
+
+def _conv_bn_relu(x, filters, name):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def custom_cnn(input_size: int = 48, widths=(32, 64, 128, 256), dropout: float = 0.4) -> keras.Model:
+    """A VGG-style network sized for 48x48 faces and a Pi-class CPU: four stages of two 3x3
+    conv-BN-ReLU layers with max pooling, global average pooling, dropout, softmax.
+
+    Plain 3x3 convolutions and ReLU quantize cleanly to int8 and are what XNNPACK runs fastest.
+    """
+    inputs = keras.Input((input_size, input_size, 1), name="pixels")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(inputs)  # zero-centred: faster start
+    for stage, filters in enumerate(widths, start=1):
+        x = _conv_bn_relu(x, filters, f"s{stage}a")
+        x = _conv_bn_relu(x, filters, f"s{stage}b")
+        x = layers.MaxPooling2D(2, name=f"s{stage}_pool")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(len(LABELS), activation="softmax", dtype="float32", name="probs")(x)
+    return keras.Model(inputs, outputs, name="custom_cnn")
+
+
+def imagenet_backbone(arch: str, input_size: int, weights, dropout: float) -> keras.Model:
+    apps = {
+        "resnet50v2": keras.applications.ResNet50V2,
+        "vgg16": keras.applications.VGG16,
+    }
+    inputs = keras.Input((input_size, input_size, 3), name="pixels")
+    if arch == "resnet50v2":  # ResNetV2 expects -1..1
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(inputs)
+    else:  # VGG16 expects caffe-style mean-subtracted BGR; grey replicated, so channel order is moot
+        x = layers.Normalization(mean=[103.939, 116.779, 123.68], variance=[1.0, 1.0, 1.0], name="scale")(inputs)
+    backbone = apps[arch](include_top=False, weights=None, input_shape=(input_size, input_size, 3))
+    load_imagenet_weights(backbone, arch, weights)
+    x = backbone(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(len(LABELS), activation="softmax", dtype="float32", name="probs")(x)
+    return keras.Model(inputs, outputs, name=arch)
+
+
+def load_imagenet_weights(backbone: keras.Model, arch: str, weights) -> str:
+    """Load ImageNet weights into a notop backbone; returns what was used ("imagenet", a path, "scratch").
+
+    Falls back to random initialisation, loudly, when "imagenet" weights are neither cached nor
+    downloadable; a local file that does not fit is an error.
+    """
+    if weights is None or weights == "none":
+        log.warning("%s: training from scratch (no ImageNet weights requested)", arch)
+        return "scratch"
+    if weights != "imagenet":
+        path = Path(weights).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"ImageNet weights file not found: {path}")
+        backbone.load_weights(str(path), skip_mismatch=False)
+        log.info("%s: ImageNet weights loaded from %s", arch, path)
+        return str(path)
+    try:
+        ref = {"resnet50v2": keras.applications.ResNet50V2, "vgg16": keras.applications.VGG16}[arch](
+            include_top=False, weights="imagenet", input_shape=backbone.input_shape[1:])
+    except Exception as e:  # no cache and no network: say so and go on from scratch
+        log.warning("%s: ImageNet weights unavailable (%s); training FROM SCRATCH", arch, str(e).splitlines()[0][:200])
+        return "scratch"
+    backbone.set_weights(ref.get_weights())
+    log.info("%s: ImageNet weights loaded (Keras cache or download)", arch)
+    return "imagenet"
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """The same network with every layer in float32: what is saved and exported after a
+    mixed-precision (bfloat16/float16) run, so no half-precision casts reach TFLite or ONNX."""
+
+    def clone(layer):
+        config = layer.get_config()
+        config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")  # the input layer takes the global policy
+    try:
+        copy = keras.models.clone_model(model, clone_function=clone)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    copy.set_weights(model.get_weights())
+    return copy

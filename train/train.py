@@ -1,0 +1,312 @@
+"""Train one model on FER-2013 from a config file: `feredge train --config train/configs/custom_cnn.toml`.
+
+Backend-agnostic Keras 3 (no tf.* here): the same script runs under KERAS_BACKEND=tensorflow, jax or
+torch. Reading top to bottom: config -> data -> model -> fit (with augmentation around the model,
+class weights, label smoothing, warm-up + cosine schedule, best-on-PublicTest checkpoint, resumable
+backup) -> evaluation of the best model on PublicTest and PrivateTest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+from feredge.edge.preprocess import LABELS, preprocess_faces
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+DEFAULTS = {
+    "arch": "custom_cnn",
+    "input_size": 48,
+    "weights": "imagenet",        # ImageNet backbones: "imagenet", a local weights file, or "none"
+    "widths": [32, 64, 128, 256],  # custom CNN stage widths
+    "dropout": 0.4,
+    "data": "",                   # empty: FER2013_ZIP or the shared copy
+    "epochs": 60,
+    "batch_size": 128,
+    "optimizer": "adamw",         # adamw | sgd (Nesterov)
+    "learning_rate": 2e-3,
+    "weight_decay": 5e-4,
+    "warmup_epochs": 2,
+    "schedule": "cosine",         # cosine (after linear warm-up) | constant
+    "label_smoothing": 0.1,
+    "class_weight": "balanced",   # balanced | sqrt (square root of balanced) | none
+    "mixup": 0.0,                 # Beta(a, a) mixup on a fraction of batches; 0 disables
+    "precision": "float32",       # float32 | mixed_bfloat16 | mixed_float16
+    "patience": 0,                # early stopping on val accuracy; 0 disables
+    "seed": 0,
+    # Gaussian blur (sigma in px of a 48x48 face) applied to evaluation and inference inputs, never to
+    # the training images: for training data blurrier than real faces (train/data.py, check_sharpness).
+    "blur_sigma": 0.0,
+    "max_train_samples": 0,       # >0: a seeded stratified subset, for quick runs
+    "max_eval_samples": 0,
+    "tta": True,                  # also report horizontal-flip test-time augmentation
+    "data_parallel": "auto",      # auto (several GPUs) | on | off
+    "augment": {"flip": True, "rotation": 15, "shift": 0.1, "zoom": 0.1,
+                "contrast": 0.2, "brightness": 0.2, "erasing": 0.25},
+}
+
+
+def load_config(path=None, overrides: dict | None = None) -> dict:
+    cfg = json.loads(json.dumps(DEFAULTS))
+    if path:
+        path = Path(path)
+        if not path.exists() and (CONFIG_DIR / path.name).exists():
+            path = CONFIG_DIR / path.name
+        if not path.exists():
+            raise FileNotFoundError(f"config not found: {path}")
+        with open(path, "rb") as f:
+            _merge(cfg, tomllib.load(f))
+    _merge(cfg, overrides or {})
+    unknown = set(cfg) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+    return cfg
+
+
+def _merge(base: dict, new: dict):
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def parse_override(text: str) -> dict:
+    """'augment.rotation=10' -> {'augment': {'rotation': 10}}; values parsed as TOML."""
+    key, _, value = text.partition("=")
+    if not key or not _:
+        raise ValueError(f"override must be key=value, got '{text}'")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value  # a bare string
+    out: dict = {}
+    node = out
+    *parents, last = key.strip().split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = parsed
+    return out
+
+
+def class_weights(y: np.ndarray, mode: str) -> np.ndarray:
+    counts = np.bincount(y, minlength=len(LABELS)).astype(np.float64)
+    balanced = len(y) / (len(LABELS) * np.maximum(counts, 1))
+    if mode == "balanced":
+        return balanced
+    if mode == "sqrt":
+        return np.sqrt(balanced)
+    if mode == "none":
+        return np.ones(len(LABELS))
+    raise ValueError(f"class_weight must be balanced, sqrt or none, got '{mode}'")
+
+
+def make_batches(x, y, cfg, channels, weights, shuffle: bool):
+    """A keras.utils.PyDataset of (pixels, one-hot targets, sample weights); mixup in numpy."""
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(cfg["seed"])
+            self.order = np.arange(len(y))
+            self.on_epoch_end()
+
+        def __len__(self):
+            return math.ceil(len(y) / cfg["batch_size"])
+
+        def on_epoch_end(self):
+            if shuffle:
+                self.rng.shuffle(self.order)
+
+        def __getitem__(self, i):
+            idx = self.order[i * cfg["batch_size"] : (i + 1) * cfg["batch_size"]]
+            xb = preprocess_faces(x[idx], cfg["input_size"], channels)
+            yb = np.eye(len(LABELS), dtype=np.float32)[y[idx]]
+            wb = weights[y[idx]].astype(np.float32)
+            if shuffle and cfg["mixup"] > 0 and self.rng.random() < 0.5:
+                lam = self.rng.beta(cfg["mixup"], cfg["mixup"])
+                perm = self.rng.permutation(len(idx))
+                xb = lam * xb + (1 - lam) * xb[perm]
+                yb = lam * yb + (1 - lam) * yb[perm]
+                wb = lam * wb + (1 - lam) * wb[perm]
+            return xb, yb, wb
+
+    return Batches()
+
+
+def subset(split, n: int, seed: int):
+    from feredge.train.data import Split, stratified_split
+
+    if not n or n >= len(split):
+        return split
+    _, keep = stratified_split(split.y, n / len(split), seed)
+    return Split(split.x[keep], split.y[keep])
+
+
+@contextlib.contextmanager
+def distribution(mode: str):
+    """Data parallelism over all GPUs of the running backend, when there are several (or forced on)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if mode == "off":
+        yield "single device"
+        return
+    if backend == "tensorflow":
+        import tensorflow as tf  # only to count GPUs and build the strategy: this is the TF engine's own API
+
+        gpus = tf.config.list_logical_devices("GPU")
+        if len(gpus) > 1 or mode == "on":
+            strategy = tf.distribute.MirroredStrategy()
+            with strategy.scope():
+                yield f"MirroredStrategy over {strategy.num_replicas_in_sync} replicas"
+            return
+    elif backend == "jax":
+        devices = keras.distribution.list_devices()
+        if len(devices) > 1 and (mode == "on" or any("gpu" in str(d).lower() for d in devices)):
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+            try:
+                yield f"DataParallel over {len(devices)} devices"
+            finally:
+                keras.distribution.set_distribution(None)
+            return
+    yield "single device"
+
+
+class SaveBest:
+    """Keras callback factory: save the float32 inference model whenever val accuracy improves."""
+
+    @staticmethod
+    def create(model, path: Path, best: float):
+        import keras
+
+        from feredge.train.models import float32_copy
+
+        class _SaveBest(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.best = best
+
+            def on_epoch_end(self, epoch, logs=None):
+                acc = (logs or {}).get("val_accuracy")
+                if acc is not None and acc > self.best:
+                    self.best = acc
+                    tmp = path.with_name("best.tmp.keras")
+                    float32_copy(model).save(tmp)
+                    tmp.replace(path)
+                    log.info("epoch %d: val accuracy %.4f, saved %s", epoch + 1, acc, path)
+
+        return _SaveBest()
+
+
+def best_so_far(history_csv: Path) -> float:
+    if not history_csv.exists():
+        return -1.0
+    with open(history_csv) as f:
+        vals = [float(r["val_accuracy"]) for r in csv.DictReader(f) if r.get("val_accuracy")]
+    return max(vals, default=-1.0)
+
+
+def train(cfg: dict, run_dir: Path, data=None) -> dict:
+    """Train per cfg into run_dir; resumes from run_dir's backup if one is there. Returns metrics."""
+    import keras
+
+    from feredge.train import augment, models
+    from feredge.train.data import default_data_path, load_fer2013
+    from feredge.train.evaluate import evaluate_and_report
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = run_dir / "config.json"
+    if (run_dir / "backup").exists() and resolved.exists():
+        saved = json.loads(resolved.read_text())
+        if {k: v for k, v in saved.items() if k != "epochs"} != {k: v for k, v in cfg.items() if k != "epochs"}:
+            raise ValueError(f"{run_dir} holds a run with another config; resume it with the same config or use a new --run-dir")
+        log.info("resuming the run in %s", run_dir)
+    resolved.write_text(json.dumps(cfg, indent=2))
+    keras.utils.set_random_seed(cfg["seed"])
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(cfg["precision"])
+    try:
+        return _train(cfg, run_dir, data)
+    finally:  # later model loading in this process must not inherit a half-precision policy
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(cfg: dict, run_dir: Path, data) -> dict:
+    import keras
+
+    from feredge.train import augment, models
+    from feredge.train.data import default_data_path, load_fer2013
+    from feredge.train.evaluate import evaluate_and_report
+
+    log.info("Keras %s, backend %s, precision %s", keras.__version__, keras.backend.backend(), cfg["precision"])
+
+    data = data or load_fer2013(cfg["data"] or default_data_path())
+    train_split = subset(data["train"], cfg["max_train_samples"], cfg["seed"])
+    val_split = subset(data["val"], cfg["max_eval_samples"], cfg["seed"])
+    channels = models.INPUT_CHANNELS[cfg["arch"]]
+    weights = class_weights(train_split.y, cfg["class_weight"])
+    log.info("train %d, val %d images; class weights %s", len(train_split), len(val_split),
+             dict(zip(LABELS, np.round(weights, 2).tolist())))
+
+    steps_per_epoch = math.ceil(len(train_split) / cfg["batch_size"])
+    with distribution(cfg["data_parallel"]) as how:
+        log.info("distribution: %s", how)
+        model = models.build_model(cfg["arch"], cfg["input_size"], cfg["weights"], cfg["dropout"], tuple(cfg["widths"]))
+        fit_model = augment.training_model(model, cfg["augment"])
+        fit_model.compile(optimizer=make_optimizer(cfg, steps_per_epoch),
+                          loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg["label_smoothing"]),
+                          metrics=["accuracy"])
+        callbacks = [
+            # Kept after a finished run too, so that a larger --epochs extends the run where it stopped.
+            keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),
+            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+            SaveBest.create(model, run_dir / "best.keras", best_so_far(run_dir / "history.csv")),
+        ]
+        if cfg["patience"]:
+            callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg["patience"], mode="max"))
+        val_x = preprocess_faces(val_split.x, cfg["input_size"], channels, cfg["blur_sigma"])
+        val_y = np.eye(len(LABELS), dtype=np.float32)[val_split.y]
+        start = time.time()
+        fit_model.fit(make_batches(train_split.x, train_split.y, cfg, channels, weights, shuffle=True),
+                      validation_data=(val_x, val_y), epochs=cfg["epochs"], callbacks=callbacks,
+                      verbose=2)
+        wall = time.time() - start
+    (run_dir / "train_time.json").write_text(json.dumps({"wall_s_this_session": round(wall, 1), "epochs": cfg["epochs"]}))
+    metrics = evaluate_and_report(run_dir / "best.keras", data, run_dir, splits=("val", "test"),
+                                  tta=cfg["tta"], max_samples=cfg["max_eval_samples"], seed=cfg["seed"],
+                                  blur_sigma=cfg["blur_sigma"])
+    return metrics
+
+
+def make_optimizer(cfg: dict, steps_per_epoch: int):
+    import keras
+
+    warmup = cfg["warmup_epochs"] * steps_per_epoch
+    total = max(1, cfg["epochs"] * steps_per_epoch - warmup)
+    if cfg["schedule"] == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=cfg["learning_rate"] / 100 if warmup else cfg["learning_rate"],
+            decay_steps=total, alpha=0.01, warmup_target=cfg["learning_rate"] if warmup else None,
+            warmup_steps=warmup)
+    elif cfg["schedule"] == "constant":
+        lr = cfg["learning_rate"]
+    else:
+        raise ValueError(f"schedule must be cosine or constant, got '{cfg['schedule']}'")
+    if cfg["optimizer"] == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg["weight_decay"])
+    if cfg["optimizer"] == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=cfg["weight_decay"])
+    raise ValueError(f"optimizer must be adamw or sgd, got '{cfg['optimizer']}'")
