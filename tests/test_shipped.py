@@ -1,0 +1,54 @@
+"""The shipped model: files and checksums as the manifest says, accuracy as the gate measured, and the
+README's first command."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, real_data_path
+from feredge.edge.classifier import EmotionClassifier, sha256_of
+from feredge.edge.detector import default_model_dir
+
+SHIPPED = REPO / "models" / "custom_cnn"
+
+
+def test_shipped_model_is_the_default_and_matches_its_manifest():
+    assert default_model_dir().resolve() == SHIPPED.resolve()
+    m = json.loads((SHIPPED / "manifest.json").read_text())
+    assert {"tflite_int8", "onnx_int8"} <= set(m["formats"])
+    for fmt, e in m["formats"].items():
+        assert sha256_of(SHIPPED / e["file"]) == e["sha256"], fmt
+        assert e["gate"]["passed"]
+    assert m["evaluation"] == {**m["evaluation"], "split": "PrivateTest", "n": 3589, "quick": False}
+    for f in ("training_config.json", "training_metrics.json", "confusion_test.png", "curves.png"):
+        assert (SHIPPED / f).exists(), f
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("fmt", ["tflite_int8", "onnx_int8"])
+def test_shipped_accuracy_reproduces_through_the_edge_runtime(fmt):
+    path = real_data_path()
+    if not path.exists():
+        pytest.skip(f"FER-2013 not found at {path} (set FER2013_ZIP)")
+    from feredge.train.data import load_fer2013
+    from feredge.train.evaluate import classification_metrics, predict_split
+
+    test = load_fer2013(path)["test"]
+    m = json.loads((SHIPPED / "manifest.json").read_text())["formats"][fmt]
+    clf = EmotionClassifier(SHIPPED, fmt=fmt)
+    pred = predict_split(clf.predict_pixels, test.x, clf.input_size, clf.channels, tta=False,
+                         blur_sigma=clf.blur_sigma).argmax(1)
+    acc = classification_metrics(test.y, pred)["accuracy"]
+    assert acc == pytest.approx(m["accuracy"], abs=0.002)  # same figure as the gate saw (±7 images)
+
+
+def test_readme_first_command_on_the_shipped_model(tmp_path, yunet):
+    r = subprocess.run([sys.executable, "-m", "feredge.cli", "detect", str(REPO / "edge" / "assets" / "astronaut.jpg"),
+                        "--face-model", str(yunet), "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "astronaut.jpg: face 1 at" in r.stdout and "custom_cnn" in r.stderr
+    faces = json.loads((tmp_path / "astronaut.json").read_text())["faces"]
+    assert len(faces) == 1 and np.isclose(sum(faces[0]["probabilities"].values()), 1, atol=1e-3)
