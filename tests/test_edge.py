@@ -286,3 +286,19 @@ def test_sha256_checked_on_load(tiny_models, tmp_path):
         f.write(b"\0")
     with pytest.raises(ModelError, match="checksum mismatch"):
         EmotionClassifier(bad, fmt="onnx_int8")
+
+
+def test_long_run_memory_stays_flat(tmp_path, detector):
+    """Kiosk-style long runs must not grow: tracks expire, FPS uses a fixed window, nothing accumulates."""
+    psutil = pytest.importorskip("psutil")
+    from feredge.benchmarks.synthetic import make_video
+    from feredge.edge.loop import LoopOptions, VideoLoop
+
+    video = make_video(tmp_path / "long.mp4", faces=3, frames=240)
+    proc, rss = psutil.Process(), []
+    detect = detector.detect_faces
+    detector.detect_faces = lambda img: rss.append(proc.memory_info().rss) or detect(img)
+    summary = VideoLoop(detector, str(video), LoopOptions(events=str(tmp_path / "e.jsonl"))).run()
+    assert summary["frames_out"] == 240
+    early, late = np.median(rss[30:60]), np.median(rss[-30:])
+    assert late - early < 15 * 2**20, f"RSS grew {(late - early) / 2**20:.1f} MiB over 180 frames"
