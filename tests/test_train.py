@@ -87,10 +87,11 @@ def test_class_weights_and_overrides():
 def test_one_training_step_under_the_jax_backend_with_data_parallel(tmp_path, mini_zip):
     """Backend-agnostic: the same train() runs under JAX (here on 2 virtual CPU devices, data parallel)."""
     script = textwrap.dedent(f"""
-        import json, keras
+        import logging, keras
+        logging.basicConfig(level=logging.INFO)
         from feredge.train.train import load_config, train
         assert keras.backend.backend() == "jax"
-        cfg = load_config("custom_cnn.toml", {json.dumps({**TINY, "widths": [4, 8], "data": str(mini_zip), "data_parallel": "on"})})
+        cfg = load_config("custom_cnn.toml", {({**TINY, "widths": [4, 8], "data": str(mini_zip), "data_parallel": "on"})!r})
         m = train(cfg, {str(tmp_path)!r})
         print("RESULT", keras.backend.backend(), m["test"]["n"])
     """)

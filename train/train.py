@@ -65,18 +65,18 @@ def load_config(path=None, overrides: dict | None = None) -> dict:
         if not path.exists():
             raise FileNotFoundError(f"config not found: {path}")
         with open(path, "rb") as f:
-            _merge(cfg, tomllib.load(f))
-    _merge(cfg, overrides or {})
+            merge_config(cfg, tomllib.load(f))
+    merge_config(cfg, overrides or {})
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown config key(s): {', '.join(sorted(unknown))}")
     return cfg
 
 
-def _merge(base: dict, new: dict):
+def merge_config(base: dict, new: dict):
     for k, v in new.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
+            merge_config(base[k], v)
         else:
             base[k] = v
 
@@ -184,30 +184,27 @@ def distribution(mode: str):
     yield "single device"
 
 
-class SaveBest:
-    """Keras callback factory: save the float32 inference model whenever val accuracy improves."""
+def save_best_callback(model, path: Path, best: float):
+    """A Keras callback saving the float32 inference model whenever val accuracy beats `best`."""
+    import keras
 
-    @staticmethod
-    def create(model, path: Path, best: float):
-        import keras
+    from feredge.train.models import float32_copy
 
-        from feredge.train.models import float32_copy
+    class SaveBest(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best = best
 
-        class _SaveBest(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.best = best
+        def on_epoch_end(self, epoch, logs=None):
+            acc = (logs or {}).get("val_accuracy")
+            if acc is not None and acc > self.best:
+                self.best = acc
+                tmp = path.with_name("best.tmp.keras")
+                float32_copy(model).save(tmp)
+                tmp.replace(path)
+                log.info("epoch %d: val accuracy %.4f, saved %s", epoch + 1, acc, path)
 
-            def on_epoch_end(self, epoch, logs=None):
-                acc = (logs or {}).get("val_accuracy")
-                if acc is not None and acc > self.best:
-                    self.best = acc
-                    tmp = path.with_name("best.tmp.keras")
-                    float32_copy(model).save(tmp)
-                    tmp.replace(path)
-                    log.info("epoch %d: val accuracy %.4f, saved %s", epoch + 1, acc, path)
-
-        return _SaveBest()
+    return SaveBest()
 
 
 def best_so_far(history_csv: Path) -> float:
@@ -273,7 +270,7 @@ def _train(cfg: dict, run_dir: Path, data) -> dict:
             # Kept after a finished run too, so that a larger --epochs extends the run where it stopped.
             keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),
             keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-            SaveBest.create(model, run_dir / "best.keras", best_so_far(run_dir / "history.csv")),
+            save_best_callback(model, run_dir / "best.keras", best_so_far(run_dir / "history.csv")),
         ]
         if cfg["patience"]:
             callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg["patience"], mode="max"))

@@ -39,11 +39,11 @@ def _detect(args):
 
 
 def _train(args):
-    from feredge.train.train import load_config, parse_override, train, _merge
+    from feredge.train.train import load_config, merge_config, parse_override, train
 
     overrides: dict = {}
     for text in args.set or []:
-        _merge(overrides, parse_override(text))
+        merge_config(overrides, parse_override(text))
     for key in ("epochs", "data", "seed"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
