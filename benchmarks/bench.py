@@ -48,10 +48,12 @@ def add_arguments(p):
 def machine_name() -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "model\t")):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
+        fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
+        # x86: "model name"; Raspberry Pi / Arm: "Model" (board) or "Hardware".
+        cpu = next((fields[k] for k in ("model name", "hardware") if fields.get(k)), cpu)
+        if fields.get("model") and not fields["model"].isdigit():
+            cpu = fields["model"]
     except OSError:
         pass
     return f"{cpu} ({os.cpu_count()} cores)"

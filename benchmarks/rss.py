@@ -27,8 +27,20 @@ def main():
     x = np.random.default_rng(0).uniform(0, 255, (1, clf.input_size, clf.input_size, clf.channels)).astype(np.float32)
     for _ in range(runs):
         clf.predict_pixels(x)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    print(json.dumps({"peak_rss_mb": round(peak_kb / 1024, 1), "tensorflow_loaded": "tensorflow" in sys.modules}))
+    print(json.dumps({"peak_rss_mb": round(peak_rss_kb() / 1024, 1), "tensorflow_loaded": "tensorflow" in sys.modules}))
+
+
+def peak_rss_kb() -> int:
+    """This process's own high-water RSS. Linux's ru_maxrss survives exec, so a child started by a big
+    parent would report the parent's peak; VmHWM in /proc belongs to this process's memory alone."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
 
 
 if __name__ == "__main__":
