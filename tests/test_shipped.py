@@ -16,7 +16,9 @@ SHIPPED = REPO / "models" / "custom_cnn"
 
 
 def test_shipped_model_is_the_default_and_matches_its_manifest():
-    assert default_model_dir().resolve() == SHIPPED.resolve()
+    # The installed package's default model is the repository's models/custom_cnn (editable or copied).
+    assert default_model_dir().name == "custom_cnn"
+    assert (default_model_dir() / "manifest.json").read_text() == (SHIPPED / "manifest.json").read_text()
     m = json.loads((SHIPPED / "manifest.json").read_text())
     assert {"tflite_int8", "onnx_int8"} & set(m["formats"])  # an int8 artifact that passed the gate
     for fmt, e in m["formats"].items():
