@@ -15,6 +15,11 @@ MARKERS = {"models": ("<!-- models-table:start -->", "<!-- models-table:end -->"
            "bench": ("<!-- bench-table:start -->", "<!-- bench-table:end -->")}
 
 
+def accuracy_change(entry: dict) -> float:
+    """The format's accuracy minus Keras', in points (the manifest stores the drop); no "-0.00"."""
+    return -entry["accuracy_drop_pt"] + 0.0
+
+
 def models_table(models_dir: Path) -> str:
     lines = ["| model | format | PrivateTest accuracy | macro-F1 | drop vs Keras (pt) | agreement | size |",
              "|---|---|---|---|---|---|---|"]
@@ -26,13 +31,13 @@ def models_table(models_dir: Path) -> str:
         lines.append(f"| {m['name']} | keras (reference) | {100 * ref['accuracy']:.2f} % | {ref['macro_f1']:.3f} | – | – | – |")
         for fmt, e in m["formats"].items():
             lines.append(f"| {m['name']} | {fmt} | {100 * e['accuracy']:.2f} % | {e['macro_f1']:.3f} | "
-                         f"{0.0 - e['accuracy_drop_pt'] + 0.0:+.2f} | {e['agreement_pct']:.2f} % | {e['bytes'] / 1024:.0f} KB |")
+                         f"{accuracy_change(e):+.2f} | {e['agreement_pct']:.2f} % | {e['bytes'] / 1024:.0f} KB |")
         for fmt, e in m.get("rejected", {}).items():  # what the gate refused, said as plainly as what it passed
             if "error" in e:
                 lines.append(f"| {m['name']} | {fmt} | not shipped: {e['error']} | | | | |")
             else:
                 lines.append(f"| {m['name']} | {fmt} (**rejected by the gate**, not shipped) | {100 * e['accuracy']:.2f} % | "
-                             f"{e['macro_f1']:.3f} | {0.0 - e['accuracy_drop_pt'] + 0.0:+.2f} | {e['agreement_pct']:.2f} % "
+                             f"{e['macro_f1']:.3f} | {accuracy_change(e):+.2f} | {e['agreement_pct']:.2f} % "
                              f"(min {e['gate']['min_agreement_pct']:g} %) | – |")
     images = " / ".join(str(n) for n in sorted(sizes)) or "no"
     lines += ["", f"FER-2013 PrivateTest ({images} images) through the edge runtime, as the export gate recorded "

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from feredge.edge.classifier import sha256_of
 from feredge.edge.preprocess import LABELS
 
 log = logging.getLogger(__name__)
@@ -220,12 +221,6 @@ def io_details(path: Path) -> dict:
             "output_dtype": elem.get(m.graph.output[0].type.tensor_type.elem_type, "?"),
             "opset": max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")),
             "quantization": "QDQ int8, per-channel weights" if "int8" in path.name else None}
-
-
-def sha256_of(path: Path) -> str:
-    from feredge.edge.classifier import sha256_of as edge_sha
-
-    return edge_sha(path)
 
 
 def tool_versions() -> dict:
