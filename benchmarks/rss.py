@@ -1,6 +1,7 @@
 """Peak RSS of an edge-only process running one format: TensorFlow and Keras are blocked from import.
 
-python -m feredge.benchmarks.rss MODEL_DIR FORMAT [RUNS]  -> prints JSON {"peak_rss_mb": ...}
+python -m feredge.benchmarks.rss MODEL FORMAT [RUNS]  -> prints JSON {"peak_rss_mb": ...}
+(MODEL: a model folder, or the peer's .tflite with the peer's format name; see bench.classifier_factory)
 """
 
 import json
@@ -19,11 +20,11 @@ def main():
     sys.meta_path.insert(0, _Block())
     import numpy as np
 
-    from feredge.edge.classifier import EmotionClassifier
+    from feredge.benchmarks.bench import classifier_factory
 
     model, fmt = sys.argv[1], sys.argv[2]
     runs = int(sys.argv[3]) if len(sys.argv) > 3 else 200
-    clf = EmotionClassifier(model, fmt=fmt, threads=1)
+    clf = classifier_factory(model, fmt)(1)
     x = np.random.default_rng(0).uniform(0, 255, (1, clf.input_size, clf.input_size, clf.channels)).astype(np.float32)
     for _ in range(runs):
         clf.predict_pixels(x)

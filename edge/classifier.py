@@ -156,8 +156,7 @@ class _OnnxRuntime:
 class EmotionClassifier:
     """Classify preprocessed faces. `predict_faces(list of grey crops)` -> (N, 7) probabilities."""
 
-    def __init__(self, path, fmt: str | None = None, threads: int | None = None, verify: bool = True,
-                 blur_sigma: float | None = None):
+    def __init__(self, path, fmt: str | None = None, threads: int | None = None, verify: bool = True):
         self.path, self.manifest, self.format = resolve_model(path, fmt)
         if self.manifest and verify:
             entry = self.manifest["formats"][self.format]
@@ -179,7 +178,7 @@ class EmotionClassifier:
         if self.engine.output_classes != len(self.labels):
             raise ModelError(f"{self.path.name} outputs {self.engine.output_classes} classes but the labels are {len(self.labels)}")
         spec = self.manifest.get("input", {}) if self.manifest else {}
-        self.blur_sigma = float(spec.get("blur_sigma", 0.0) if blur_sigma is None else blur_sigma)
+        self.crop = spec.get("crop")  # how the runtime cuts faces for this model; None: the default
         if self.manifest:
             if (spec.get("size"), spec.get("channels")) != (self.input_size, self.channels):
                 raise ModelError(f"manifest input {spec.get('size')}x{spec.get('size')}x{spec.get('channels')} doesn't match "
@@ -197,4 +196,4 @@ class EmotionClassifier:
         """Grey face crops (any size) -> probabilities, through the shared preprocessing."""
         if len(faces) == 0:
             return np.zeros((0, len(self.labels)), np.float32)
-        return self.predict_pixels(preprocess_faces(faces, self.input_size, self.channels, self.blur_sigma))
+        return self.predict_pixels(preprocess_faces(faces, self.input_size, self.channels))

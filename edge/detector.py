@@ -16,7 +16,7 @@ import numpy as np
 
 from feredge.edge.classifier import EmotionClassifier
 from feredge.edge.faces import FaceDetector
-from feredge.edge.preprocess import square_crop, to_gray
+from feredge.edge.preprocess import DEFAULT_CROP, square_crop, to_gray
 
 # The shipped default: models/custom_cnn inside the installed package.
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -66,27 +66,33 @@ def read_image(path) -> np.ndarray:
 
 class EmotionDetector:
     def __init__(self, model=None, fmt: str | None = None, face_model=None, threads: int | None = None,
-                 min_face: int = 24, margin: float = 0.1, detect_width: int = 640, allow_download: bool = False,
-                 face_score: float = 0.6):
+                 min_face: int = 24, detect_width: int = 640, allow_download: bool = False,
+                 face_score: float = 0.6, crop: dict | None = None):
         self.classifier = EmotionClassifier(model or default_model_dir(), fmt=fmt, threads=threads)
         self.faces = FaceDetector(face_model, score_threshold=face_score, min_face=min_face,
                                   detect_width=detect_width, allow_download=allow_download)
-        self.margin = margin
+        # The crop the model was exported with (its manifest), else the measured default.
+        self.crop = crop or self.classifier.crop or DEFAULT_CROP
         self.labels = self.classifier.labels
 
     def detect_faces(self, image: np.ndarray):
         return self.faces.detect(image)
 
-    def classify(self, image: np.ndarray, boxes) -> np.ndarray:
+    def crops(self, image: np.ndarray, faces) -> list[np.ndarray]:
+        """The grey face crop for each FaceBox found in image (eye-levelled if the crop spec says so)."""
         gray = to_gray(image)
-        crops = [square_crop(gray, b, self.margin) for b in boxes]
-        return self.classifier.predict_faces(crops)
+        align = self.crop.get("align") == "eyes"
+        return [square_crop(gray, f.box, self.crop, f.roll_degrees() if align else 0.0) for f in faces]
+
+    def classify(self, image: np.ndarray, faces) -> np.ndarray:
+        """Probabilities for each FaceBox found in image."""
+        return self.classifier.predict_faces(self.crops(image, faces))
 
     def predict(self, image) -> list[Face]:
         if isinstance(image, (str, Path)):
             image = read_image(image)
         found = self.detect_faces(image)
-        probs = self.classify(image, [f.box for f in found])
+        probs = self.classify(image, found)
         return [self.make_face(f.box, p, f.score) for f, p in zip(found, probs)]
 
     def make_face(self, box, probs, score, track_id=None) -> Face:

@@ -33,6 +33,14 @@ class FaceDetectorError(Exception):
 class FaceBox:
     box: tuple[int, int, int, int]  # x, y, w, h in image pixels
     score: float
+    eyes: tuple | None = None  # YuNet's ((right eye x, y), (left eye x, y)) in image pixels; None for Haar
+
+    def roll_degrees(self) -> float:
+        """Head roll from the eye line (positive: the subject's left eye sits lower in the image)."""
+        if self.eyes is None:
+            return 0.0
+        (rx, ry), (lx, ly) = self.eyes
+        return float(np.degrees(np.arctan2(ly - ry, lx - rx)))
 
 
 def user_cache() -> Path:
@@ -119,7 +127,7 @@ class FaceDetector:
         small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else image
         if self.kind == "haar":
             gray = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-            raw = [(x, y, bw, bh, 1.0) for x, y, bw, bh in self._haar.detectMultiScale(gray, 1.1, 5)]
+            raw = [(x, y, bw, bh, 1.0, None) for x, y, bw, bh in self._haar.detectMultiScale(gray, 1.1, 5)]
         else:
             if small.ndim == 2:
                 small = cv2.cvtColor(small, cv2.COLOR_GRAY2BGR)
@@ -130,10 +138,11 @@ class FaceDetector:
                 self._yunet.setInputSize(size)
                 self._size = size
             _, found = self._yunet.detect(small)
-            raw = [] if found is None else [(f[0], f[1], f[2], f[3], f[14]) for f in found]
+            raw = [] if found is None else [(f[0], f[1], f[2], f[3], f[14], f[4:8]) for f in found]
         faces = []
-        for x, y, bw, bh, score in raw:
+        for x, y, bw, bh, score, eyes in raw:
             box = tuple(int(round(v / scale)) for v in (x, y, bw, bh))
             if min(box[2], box[3]) >= self.min_face:
-                faces.append(FaceBox(box, float(score)))
+                eyes = None if eyes is None else tuple((float(eyes[i]) / scale, float(eyes[i + 1]) / scale) for i in (0, 2))
+                faces.append(FaceBox(box, float(score), eyes))
         return sorted(faces, key=lambda f: -f.box[2] * f.box[3])

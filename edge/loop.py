@@ -234,7 +234,7 @@ class VideoLoop:
         det = self.detector
         if index % max(1, self.opt.detect_every) == 0:
             found = det.detect_faces(frame)
-            probs = det.classify(frame, [f.box for f in found])
+            probs = det.classify(frame, found)
             tracks = self.tracker.update([f.box for f in found], probs, [f.score for f in found])
         else:
             tracks = self.tracker.predict_only()

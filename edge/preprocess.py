@@ -30,21 +30,12 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected a grey or BGR image, got shape {image.shape}")
 
 
-def preprocess_faces(faces, size: int, channels: int = 1, blur_sigma: float = 0.0) -> np.ndarray:
-    """Grey uint8 faces (N, h, w) or a list of images -> float32 (N, size, size, channels) in 0..255.
-
-    blur_sigma (in pixels of a 48x48 face, scaled to `size`): a Gaussian blur that brings sharp faces
-    to the sharpness of blurred training data (see train/data.py, check_sharpness). 0 disables it.
-    """
+def preprocess_faces(faces, size: int, channels: int = 1) -> np.ndarray:
+    """Grey uint8 faces (N, h, w) or a list of images -> float32 (N, size, size, channels) in 0..255."""
     if isinstance(faces, np.ndarray) and faces.ndim == 3 and faces.shape[1:] == (size, size):
         out = faces.astype(np.float32)  # already grey and the right size (the training fast path)
     else:
         out = np.stack([resize_face(to_gray(np.asarray(f)), size) for f in faces]).astype(np.float32)
-    if blur_sigma > 0:
-        import cv2
-
-        sigma = blur_sigma * size / FER_SIZE
-        out = np.stack([cv2.GaussianBlur(face, (0, 0), sigma, borderType=cv2.BORDER_REFLECT) for face in out])
     out = out[..., None]
     if channels == 3:
         out = np.repeat(out, 3, axis=-1)
@@ -63,18 +54,42 @@ def resize_face(gray: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(gray, (size, size), interpolation=interp)
 
 
-def square_crop(gray: np.ndarray, box, margin: float = 0.1) -> np.ndarray:
-    """Square crop around box (x, y, w, h) grown by `margin` of its side; edges padded by replication.
+# How a detector box becomes the classifier's input: a square of side scale x basis ("width", "height"
+# or "mean" of the box), centred offset x (w, h) from the box centre. Measured, not guessed:
+# `python -m feredge.benchmarks.framing` fits it to where YuNet puts its box on FER-2013 PublicTest
+# frames (benchmarks/results/framing.json; a test keeps the two equal). Exports record it.
+DEFAULT_CROP = {"basis": "width", "scale": 1.303, "offset": [0.004, 0.006]}
+CROP_BASES = ("width", "height", "mean", "max")
 
-    FER-2013 faces are tightly framed squares, so the crop is square and centred on the box.
-    """
+
+def crop_basis(basis: str, w, h):
+    if basis == "width":
+        return w
+    if basis == "height":
+        return h
+    if basis == "mean":
+        return (w + h) / 2
+    if basis == "max":
+        return np.maximum(w, h)
+    raise ValueError(f"crop basis must be one of {', '.join(CROP_BASES)}, got '{basis}'")
+
+
+def square_crop(gray: np.ndarray, box, crop: dict = DEFAULT_CROP, roll_degrees: float = 0.0) -> np.ndarray:
+    """The square face crop for box (x, y, w, h) under a crop spec (see DEFAULT_CROP); where it
+    leaves the image, edges are replicated (as FER-2013's framing would show more of the scene).
+    roll_degrees != 0 rotates the crop about its centre by that much (levels the eyes)."""
     import cv2
 
     x, y, w, h = (float(v) for v in box)
-    side = max(w, h) * (1.0 + 2.0 * margin)
-    cx, cy = x + w / 2.0, y + h / 2.0
-    x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
+    side = crop["scale"] * crop_basis(crop["basis"], w, h)
+    cx = x + w / 2.0 + crop["offset"][0] * w
+    cy = y + h / 2.0 + crop["offset"][1] * h
     s = max(1, int(round(side)))
+    if roll_degrees:  # rotate and cut in one resampling
+        m = cv2.getRotationMatrix2D((cx, cy), roll_degrees, 1.0)
+        m[:, 2] += (s / 2.0 - cx, s / 2.0 - cy)
+        return cv2.warpAffine(gray, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
     H, W = gray.shape[:2]
     pad = max(0, -x0, -y0, x0 + s - W, y0 + s - H)
     if pad:

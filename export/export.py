@@ -7,9 +7,9 @@
 | tflite_float32  | model_float32.tflite | float32 / float32          | float32                      |
 | tflite_float16  | model_float16.tflite | float32 / float32          | float16 weights, float32 math|
 | tflite_dynamic  | model_dynamic.tflite | float32 / float32          | int8 weights, float32 acts   |
-| tflite_int8     | model_int8.tflite    | int8 / int8 (scale, zp in manifest) | int8 / int8         |
+| tflite_int8     | model_int8.tflite    | int8 / float32 (input scale 1, zp -128) | int8 convolutions; float head |
 | onnx_float32    | model_float32.onnx   | float32 / float32          | float32 (opset 17)           |
-| onnx_int8       | model_int8.onnx      | float32 / float32 (QDQ)    | int8 per-channel / int8      |
+| onnx_int8       | model_int8.onnx      | float32 / float32 (QDQ)    | int8 per-channel / int8; float head |
 
 Full-integer formats are calibrated on a fixed, seeded sample of *training* images. Every artifact is
 then run through the edge runtime (LiteRT / onnxruntime, not TensorFlow) on FER-2013 PrivateTest and
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from feredge.edge.classifier import sha256_of
-from feredge.edge.preprocess import LABELS
+from feredge.edge.preprocess import DEFAULT_CROP, LABELS
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,13 @@ FORMATS = {
     "onnx_int8": "model_int8.onnx",
 }
 INT8_FORMATS = {"tflite_dynamic", "tflite_int8", "onnx_int8"}
+# Ops tflite_int8 keeps in float: the classifier head (see to_tflite).
+INT8_FLOAT_OPS = ["FULLY_CONNECTED", "SOFTMAX"]
+ONNX_FLOAT_OPS = ("Gemm", "MatMul", "Softmax")
 ONNX_OPSET = 17
-PREPROCESSING = ("grey; square face crop with 10% margin; resize to size x size (INTER_AREA shrinking, "
-                 "INTER_LINEAR enlarging); Gaussian blur of blur_sigma * size / 48 px if blur_sigma > 0; "
-                 "float32 pixels 0..255 (scaling happens inside the model); grey plane replicated when channels is 3")
+PREPROCESSING = ("grey; square face crop (see crop); resize to size x size (INTER_AREA shrinking, "
+                 "INTER_LINEAR enlarging); float32 pixels 0..255 (scaling happens inside the model); "
+                 "grey plane replicated when channels is 3")
 # Training artifacts copied into the model folder when exporting from a run directory.
 RUN_FILES = ("config.json", "metrics.json", "history.csv", "curves.png", "confusion_test.png",
              "confusion_test.json", "confusion_val.png", "train_time.json")
@@ -138,7 +141,16 @@ def to_tflite(saved_model_dir: Path, mode: str, calib_pixels: np.ndarray | None)
         conv.representative_dataset = lambda: ([calib_pixels[i : i + 1]] for i in range(len(calib_pixels)))
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         conv.inference_input_type = tf.int8
-        conv.inference_output_type = tf.int8
+        conv.inference_output_type = tf.float32
+        # Every convolution runs in int8; the 7-way classifier head (fully connected + softmax) stays
+        # float. An int8 softmax outputs probabilities in steps of 1/256, so near-ties between the two
+        # top classes collapse into exact ties (1.9 % of PublicTest rows on one checkpoint) and the
+        # argmax flips against Keras; a float head costs a 256x7 matrix product. TFLite's selective
+        # quantization (the quantization debugger's denylist) is the documented way to keep ops float.
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=conv, debug_dataset=conv.representative_dataset,
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=INT8_FLOAT_OPS))
+        return debugger.get_nondebug_quantized_model()
     return conv.convert()
 
 
@@ -164,8 +176,12 @@ def quantize_onnx(float_path: Path, out_path: Path, calib_pixels: np.ndarray):
     with tempfile.TemporaryDirectory() as tmp:
         prepped = Path(tmp) / "prepped.onnx"
         quant_pre_process(str(float_path), str(prepped), skip_symbolic_shape=True)
+        import onnx
+
+        # The classifier head stays float, as in tflite_int8 (see to_tflite): no 1/256-step ties.
+        head = [n.name for n in onnx.load(str(prepped)).graph.node if n.op_type in ONNX_FLOAT_OPS]
         quantize_static(str(prepped), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=head)
 
 
 def convert(model, fmt: str, out_path: Path, saved_model_dir: Path, calib_pixels, onnx_float: Path):
@@ -192,12 +208,12 @@ def gate_eval_set(data, quick: int, seed: int):
     return subset(data["test"], quick, seed)
 
 
-def evaluate_artifact(path: Path, x_gray, y, blur_sigma: float):
+def evaluate_artifact(path: Path, x_gray, y):
     from feredge.edge.classifier import EmotionClassifier
     from feredge.train.evaluate import classification_metrics, predict_split
 
-    clf = EmotionClassifier(path, verify=False, blur_sigma=blur_sigma)
-    probs = predict_split(clf.predict_pixels, x_gray, clf.input_size, clf.channels, tta=False, blur_sigma=blur_sigma)
+    clf = EmotionClassifier(path, verify=False)
+    probs = predict_split(clf.predict_pixels, x_gray, clf.input_size, clf.channels, tta=False)
     pred = probs.argmax(1)
     m = classification_metrics(y, pred)
     return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}, pred
@@ -237,7 +253,7 @@ def tool_versions() -> dict:
 
 def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib_n: int = 500, seed: int = 0,
                  gate: Gate | None = None, name: str | None = None, progress: bool = True,
-                 calib_pixels: np.ndarray | None = None, blur_sigma: float | None = None) -> dict:
+                 calib_pixels: np.ndarray | None = None) -> dict:
     """Export, gate and write manifest.json. Raises GateError (after writing) if any format breaches.
 
     calib_pixels replaces the seeded training sample for int8 calibration (tests use it to damage a model).
@@ -253,9 +269,6 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
     out_dir = Path(out_dir)
     check_writable(out_dir)
     model = load_keras(keras_path)
-    from feredge.train.evaluate import run_blur_sigma
-
-    blur = run_blur_sigma(keras_path) if blur_sigma is None else blur_sigma
     _, size, _, channels = model.input_shape
     data = data or load_fer2013(default_data_path())
     from feredge.edge.preprocess import preprocess_faces
@@ -265,7 +278,7 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
     evalset = gate_eval_set(data, quick, seed)
 
     keras_probs = predict_split(lambda x: np.asarray(model.predict(x, batch_size=256, verbose=0)),
-                                evalset.x, size, channels, tta=False, blur_sigma=blur)
+                                evalset.x, size, channels, tta=False)
     keras_pred = keras_probs.argmax(1)
     km = classification_metrics(evalset.y, keras_pred)
     reference = {"accuracy": km["accuracy"], "macro_f1": km["macro_f1"], "file": keras_path.name,
@@ -286,7 +299,7 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
                 rejected[fmt] = {"error": f"conversion failed: {str(e).splitlines()[0][:300]}"}
                 log.error("%s: conversion failed: %s", fmt, str(e).splitlines()[0][:300])
                 continue
-            metrics, pred = evaluate_artifact(path, evalset.x, evalset.y, blur)
+            metrics, pred = evaluate_artifact(path, evalset.x, evalset.y)
             drop = 100 * (reference["accuracy"] - metrics["accuracy"])
             agreement = 100 * float(np.mean(pred == keras_pred))
             max_drop, min_agree = gate.limits(fmt)
@@ -314,7 +327,7 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
         "architecture": model.name,
         "labels": list(LABELS),
         "input": {"size": size, "channels": channels, "dtype": "float32", "range": [0, 255],
-                  "layout": "NHWC", "blur_sigma": blur, "preprocessing": PREPROCESSING},
+                  "layout": "NHWC", "preprocessing": PREPROCESSING, "crop": DEFAULT_CROP},
         "evaluation": {"split": "PrivateTest", "n": int(len(evalset)), "quick": bool(quick), "seed": seed,
                        "predictions": "argmax per image, in the order of the eval set; predictions_sha256 hashes them as int8"},
         "calibration": {"split": "Training", "n": int(len(calib)), "seed": seed},

@@ -98,7 +98,7 @@ def tiny_run(tmp_path_factory, mini_data) -> Path:
 
     run = tmp_path_factory.mktemp("tiny_run")
     cfg = load_config("custom_cnn.toml", {"epochs": 6, "widths": [8, 16], "batch_size": 16, "precision": "float32",
-                                          "learning_rate": 5e-3, "warmup_epochs": 0, "mixup": 0.0, "tta": False, "blur_sigma": 0.0,
+                                          "learning_rate": 5e-3, "warmup_epochs": 0, "mixup": 0.0, "tta": False,
                                           "augment": {"rotation": 0, "shift": 0, "zoom": 0, "erasing": 0, "flip": False}})
     train(cfg, run, data=mini_data)
     return run

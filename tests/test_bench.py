@@ -1,27 +1,35 @@
 import csv
 import json
 
+import numpy as np
+import pytest
+
 from feredge.benchmarks.bench import COLUMNS, E2E_COLUMNS
+from feredge.benchmarks.peer import PEER_FORMAT, PEER_MODEL, TO_OURS, FER_LABELS
 
 
 def test_quick_benchmark_table_and_csv_are_complete(tmp_path, tiny_models, mini_zip, yunet):
     from feredge.cli import main
 
+    # The tiny float model stands in for the peer's file: the peer path (adapter, timer, RSS probe) runs.
     code = main(["bench", str(tiny_models), "--quick", "--data", str(mini_zip), "--face-model", str(yunet),
-                 "--out", str(tmp_path), "--name", "test-machine", "--formats", "tflite_int8,onnx_int8,tflite_float32"])
+                 "--out", str(tmp_path), "--name", "test-machine", "--formats", "tflite_int8,onnx_int8,tflite_float32",
+                 "--peer-fer", str(tiny_models / "model_float32.tflite")])
     assert code == 0
     with open(tmp_path / "test-machine.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["format"] for r in rows] == ["tflite_int8", "onnx_int8", "tflite_float32"]
+    assert [r["format"] for r in rows] == ["tflite_int8", "onnx_int8", "tflite_float32", PEER_FORMAT]
     manifest = json.loads((tiny_models / "manifest.json").read_text())
     for r in rows:
-        assert all(r[c] != "" for c in COLUMNS), r  # every column measured
+        assert all(r[c] != "" for c in COLUMNS), r  # every column measured, end-to-end accuracy included
         assert float(r["p90_ms_1t"]) >= float(r["p50_ms_1t"]) > 0
         assert float(r["peak_rss_mb"]) > 0 and float(r["batch32_img_s"]) > 0
+        assert 0 <= float(r["e2e_accuracy"]) <= 1 and 0 <= float(r["accuracy"]) <= 1
+    for r in rows[:3]:
         assert abs(float(r["size_kb"]) * 1024 - manifest["formats"][r["format"]]["bytes"]) < 100
-        assert 0 <= float(r["accuracy"]) <= 1
     md = (tmp_path / "test-machine.md").read_text()
-    assert md.count("| tiny |") == 3 + 2  # three format rows, two end-to-end rows
+    assert md.count("| tiny |") == 3 + 2 and md.count(f"| {PEER_MODEL} |") == 1  # 3 formats, 2 video rows, the peer
+    assert "faces found: tiny" in md
     with open(tmp_path / "test-machine_e2e.csv") as f:
         e2e = list(csv.DictReader(f))
     assert [int(r["faces"]) for r in e2e] == [1, 3] and all(r[c] != "" for r in e2e for c in E2E_COLUMNS)
@@ -36,3 +44,55 @@ def test_rss_probe_runs_without_tensorflow(tiny_models):
                        capture_output=True, text=True, timeout=120)
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["tensorflow_loaded"] is False and out["peak_rss_mb"] > 10
+
+
+def test_peer_outputs_are_reordered_to_our_labels():
+    from feredge.edge.preprocess import LABELS
+
+    assert [FER_LABELS[i] for i in TO_OURS] == list(LABELS)
+
+
+def test_composited_frames_are_seeded_and_hold_the_face():
+    from feredge.benchmarks.e2e import FACE_SIDE, FRAME, composite
+
+    face = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
+    a, box = composite(face, 7)
+    b, box_b = composite(face, 7)
+    c, _ = composite(face, 8)
+    assert np.array_equal(a, b) and box == box_b and not np.array_equal(a, c)
+    x, y, side, _ = box
+    assert a.shape == (FRAME[1], FRAME[0], 3) and FACE_SIDE[0] <= side < FACE_SIDE[1]
+    assert x >= 0 and y >= 0 and x + side <= FRAME[0] and y + side <= FRAME[1]  # the face itself is in the frame
+
+
+def test_e2e_metrics_count_a_missed_face_as_wrong():
+    from feredge.benchmarks.e2e import e2e_metrics
+
+    y = np.array([0, 1, 2, 3])
+    crops = [np.zeros((10, 10), np.uint8)] * 3 + [None]  # the last face was not found
+
+    def perfect(faces):  # right about every face it is given
+        return np.eye(7)[y[: len(faces)]]
+
+    m = e2e_metrics(perfect, crops, y)
+    assert m["e2e_accuracy"] == 0.75 and m["faces_found_pct"] == 75.0
+    assert m["e2e_macro_f1"] == pytest.approx((1 + 1 + 1 + 0) / 7, abs=1e-4)  # classes 4-6 absent: F1 0
+
+
+def test_e2e_finds_and_crops_a_real_face(yunet):
+    import cv2
+
+    from feredge.benchmarks.e2e import e2e_crops
+    from feredge.benchmarks.synthetic import sample_face
+    from feredge.edge.detector import EmotionDetector
+    from feredge.edge.preprocess import DEFAULT_CROP
+
+    class NoClassifier(EmotionDetector):  # the detector and crop only
+        def __init__(self):
+            from feredge.edge.faces import FaceDetector
+
+            self.faces, self.crop = FaceDetector(yunet), DEFAULT_CROP
+
+    face = cv2.resize(cv2.cvtColor(sample_face(150), cv2.COLOR_BGR2GRAY)[10:160, :], (48, 48))
+    crops = e2e_crops(NoClassifier(), np.stack([face] * 4))
+    assert all(c is not None and c.shape[0] == c.shape[1] for c in crops)

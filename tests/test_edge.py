@@ -75,26 +75,6 @@ def test_edge_preprocessing_is_the_training_preprocessing(tiny_models, mini_data
     assert np.array_equal(seen[0], train_pixels)
 
 
-def test_blur_sigma_from_the_manifest_matches_evaluation(tiny_models, tmp_path, mini_data):
-    from feredge.edge.preprocess import preprocess_faces
-    from feredge.train.evaluate import predict_split
-
-    folder = tmp_path / "blurred"
-    shutil.copytree(tiny_models, folder)
-    m = json.loads((folder / "manifest.json").read_text())
-    m["input"]["blur_sigma"] = 3.0
-    (folder / "manifest.json").write_text(json.dumps(m))
-    clf = EmotionClassifier(folder, fmt="onnx_float32")
-    assert clf.blur_sigma == 3.0
-    x = mini_data["test"].x[:4]
-    seen = []
-    clf.predict_pixels = lambda p: seen.append(p) or np.zeros((len(p), 7))
-    clf.predict_faces(list(x))
-    predict_split(clf.predict_pixels, x, 48, 1, tta=False, blur_sigma=3.0)  # what evaluation and the gate do
-    assert np.array_equal(seen[0], seen[1])
-    assert not np.array_equal(seen[0], preprocess_faces(x, 48, 1))  # the blur is really applied
-
-
 def test_cli_detect_writes_annotated_image_and_json(tmp_path, tiny_models, yunet):
     r = run_cli("detect", SAMPLE, "--model", tiny_models, "--face-model", yunet, "--out", tmp_path)
     assert r.returncode == 0, r.stderr

@@ -6,6 +6,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from feredge.edge.preprocess import DEFAULT_CROP
 from feredge.export.export import FORMATS, ExportError, GateError, export_model, parse_formats
 
 
@@ -20,9 +21,8 @@ def test_all_six_formats_pass_the_gate(tiny_models, mini_data):
         assert e["gate"]["passed"] and (tiny_models / e["file"]).stat().st_size == e["bytes"]
         assert sha256_of(tiny_models / e["file"]) == e["sha256"]
         assert e["agreement_pct"] >= e["gate"]["min_agreement_pct"]
-    assert m["formats"]["tflite_int8"]["input_dtype"] == "int8"
-    assert m["formats"]["tflite_int8"]["input_quantization"] == pytest.approx([1.0, -128.0])  # exact on 0..255 pixels
     assert m["formats"]["tflite_float32"]["input_dtype"] == "float32"
+    assert m["input"]["crop"] == DEFAULT_CROP  # the runtime's crop travels with the model
     assert m["formats"]["onnx_float32"]["opset"] >= 17 and m["formats"]["onnx_int8"]["opset"] >= 17
     assert {"tensorflow", "keras", "tf2onnx", "onnxruntime", "ai-edge-litert"} <= set(m["tools"])
     for f in ("training_config.json", "training_metrics.json", "confusion_test.png", "curves.png"):
@@ -111,3 +111,23 @@ def test_parse_formats():
     assert parse_formats("onnx_int8, tflite_int8") == ["onnx_int8", "tflite_int8"]
     with pytest.raises(ExportError):
         parse_formats("tflite_int8,bogus")
+
+
+def test_int8_formats_quantize_the_body_and_keep_the_head_float(tiny_models):
+    import onnx
+
+    from feredge.edge.classifier import load_litert_interpreter
+
+    tensors = load_litert_interpreter(tiny_models / "model_int8.tflite", 1).get_tensor_details()
+    conv_weights = [t for t in tensors if t["dtype"] == np.int8 and len(t["shape"]) == 4 and t["shape"][0] > 1]
+    assert len(conv_weights) >= 4  # every convolution's filter is int8 (the tiny net has four)
+    head = [t for t in tensors if t["dtype"] == np.float32 and tuple(t["shape"]) in ((7, 16), (16, 7))]
+    assert head, "the fully connected head's weights stay float32"
+    graph = onnx.load(str(tiny_models / "model_int8.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") >= 4 and "ConvInteger" not in ops  # QDQ around the convolutions
+    head_inputs = {i for n in graph.node if n.op_type in ("Gemm", "MatMul", "Softmax") for i in n.input}
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    weights_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and any(o in head_inputs for o in n.output)
+                  and n.input[0] in {t.name for t in graph.initializer}]
+    assert head_inputs and not weights_dq and dequantized  # the head's weights are not quantized

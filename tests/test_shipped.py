@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO, real_data_path
 from feredge.edge.classifier import EmotionClassifier, sha256_of
 from feredge.edge.detector import default_model_dir
+from feredge.edge.preprocess import DEFAULT_CROP
 
 SHIPPED = REPO / "models" / "custom_cnn"
 
@@ -25,6 +26,8 @@ def test_shipped_model_is_the_default_and_matches_its_manifest():
         assert sha256_of(SHIPPED / e["file"]) == e["sha256"], fmt
         assert e["gate"]["passed"]
     assert m["evaluation"] == {**m["evaluation"], "split": "PrivateTest", "n": 3589, "quick": False}
+    assert m["input"]["crop"] == DEFAULT_CROP and set(m["input"]) == {"size", "channels", "dtype", "range", "layout",
+                                                                      "preprocessing", "crop"}
     for f in ("training_config.json", "training_metrics.json", "confusion_test.png", "curves.png"):
         assert (SHIPPED / f).exists(), f
 
@@ -41,8 +44,7 @@ def test_shipped_accuracy_reproduces_through_the_edge_runtime(fmt):
     test = load_fer2013(path)["test"]
     m = json.loads((SHIPPED / "manifest.json").read_text())["formats"][fmt]
     clf = EmotionClassifier(SHIPPED, fmt=fmt)
-    pred = predict_split(clf.predict_pixels, test.x, clf.input_size, clf.channels, tta=False,
-                         blur_sigma=clf.blur_sigma).argmax(1)
+    pred = predict_split(clf.predict_pixels, test.x, clf.input_size, clf.channels, tta=False).argmax(1)
     acc = classification_metrics(test.y, pred)["accuracy"]
     assert acc == pytest.approx(m["accuracy"], abs=0.002)  # same figure as the gate saw (±7 images)
 
@@ -54,3 +56,20 @@ def test_readme_first_command_on_the_shipped_model(tmp_path, yunet):
     assert "astronaut.jpg: face 1 at" in r.stdout and "custom_cnn" in r.stderr
     faces = json.loads((tmp_path / "astronaut.json").read_text())["faces"]
     assert len(faces) == 1 and np.isclose(sum(faces[0]["probabilities"].values()), 1, atol=1e-3)
+
+
+def test_default_format_is_the_fastest_gated_int8_format_measured_on_this_machine():
+    import csv
+
+    from feredge.benchmarks.bench import machine_name, slug
+    from feredge.edge.classifier import resolve_model
+
+    results = REPO / "benchmarks" / "results" / f"{slug(machine_name())}.csv"
+    if not results.exists():
+        pytest.skip(f"no committed benchmark for this machine ({machine_name()}): run feredge bench")
+    shipped = json.loads((SHIPPED / "manifest.json").read_text())["formats"]
+    with open(results) as f:
+        int8 = {r["format"]: float(r["p50_ms_1t"]) for r in csv.DictReader(f)
+                if r["model"] == "custom_cnn" and r["format"] in shipped and r["format"] in ("tflite_int8", "onnx_int8")}
+    assert int8, "the benchmark has no int8 row for the shipped model"
+    assert resolve_model(SHIPPED)[2] == min(int8, key=int8.get)

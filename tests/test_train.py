@@ -10,7 +10,7 @@ import pytest
 
 from feredge.train.train import class_weights, load_config, parse_override, train
 
-TINY = {"epochs": 1, "batch_size": 16, "precision": "float32", "warmup_epochs": 0, "tta": False, "blur_sigma": 0.0,
+TINY = {"epochs": 1, "batch_size": 16, "precision": "float32", "warmup_epochs": 0, "tta": False,
         "max_train_samples": 42, "max_eval_samples": 14}
 
 

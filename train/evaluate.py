@@ -92,35 +92,27 @@ def plot_history(history_csv: Path, path: Path):
     plt.close(fig)
 
 
-def run_blur_sigma(model_path: Path) -> float:
-    """The blur_sigma a .keras model was trained for, from the run's config.json beside it (else 0)."""
-    config = Path(model_path).with_name("config.json")
-    return float(json.loads(config.read_text()).get("blur_sigma", 0.0)) if config.exists() else 0.0
-
-
-def predictor(model_path: Path, blur_sigma: float | None = None):
-    """(predict_fn(pixels) -> probabilities, input_size, channels, blur_sigma) for a .keras, .tflite or
-    .onnx file. blur_sigma None: from the run's config.json (.keras) or the manifest (exported)."""
+def predictor(model_path: Path):
+    """(predict_fn(pixels) -> probabilities, input_size, channels) for a .keras, .tflite or .onnx file."""
     model_path = Path(model_path)
     if model_path.suffix == ".keras":
         import keras
 
         model = keras.models.load_model(model_path, compile=False)
         _, h, _, c = model.input_shape
-        blur = run_blur_sigma(model_path) if blur_sigma is None else blur_sigma
-        return (lambda x: np.asarray(model.predict(x, batch_size=256, verbose=0))), h, c, blur
+        return (lambda x: np.asarray(model.predict(x, batch_size=256, verbose=0))), h, c
     from feredge.edge.classifier import EmotionClassifier
 
-    clf = EmotionClassifier(model_path, blur_sigma=blur_sigma)
-    return clf.predict_pixels, clf.input_size, clf.channels, clf.blur_sigma
+    clf = EmotionClassifier(model_path)
+    return clf.predict_pixels, clf.input_size, clf.channels
 
 
-def predict_split(predict_fn, x_gray, size, channels, tta: bool, blur_sigma: float = 0.0, batch: int = 512):
+def predict_split(predict_fn, x_gray, size, channels, tta: bool, batch: int = 512):
     from feredge.edge.preprocess import preprocess_faces
 
     out = []
     for i in range(0, len(x_gray), batch):
-        xb = preprocess_faces(x_gray[i : i + batch], size, channels, blur_sigma)
+        xb = preprocess_faces(x_gray[i : i + batch], size, channels)
         p = predict_fn(xb)
         if tta:
             p = (p + predict_fn(xb[:, :, ::-1, :].copy())) / 2.0
@@ -128,19 +120,18 @@ def predict_split(predict_fn, x_gray, size, channels, tta: bool, blur_sigma: flo
     return np.concatenate(out)
 
 
-def evaluate_and_report(model_path, data, out_dir, splits=("test",), tta=False, max_samples=0, seed=0,
-                        blur_sigma: float | None = None) -> dict:
+def evaluate_and_report(model_path, data, out_dir, splits=("test",), tta=False, max_samples=0, seed=0) -> dict:
     """Evaluate model_path on the given splits; write metrics.json, confusion matrices, curves."""
     from feredge.train.train import subset
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    predict_fn, size, channels, blur = predictor(model_path, blur_sigma)
+    predict_fn, size, channels = predictor(model_path)
     names = {"val": "PublicTest", "test": "PrivateTest", "train": "Training"}
-    results = {"model": str(model_path), "blur_sigma": blur}
+    results = {"model": str(model_path)}
     for split in splits:
         part = subset(data[split], max_samples, seed)
-        probs = predict_split(predict_fn, part.x, size, channels, tta=False, blur_sigma=blur)
+        probs = predict_split(predict_fn, part.x, size, channels, tta=False)
         m = classification_metrics(part.y, probs.argmax(1))
         results[split] = m
         (out_dir / f"confusion_{split}.json").write_text(json.dumps(
@@ -148,7 +139,7 @@ def evaluate_and_report(model_path, data, out_dir, splits=("test",), tta=False, 
         plot_confusion(m["confusion_matrix"], out_dir / f"confusion_{split}.png",
                        f"{names[split]} ({m['n']}): accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
         if tta:
-            tprobs = predict_split(predict_fn, part.x, size, channels, tta=True, blur_sigma=blur)
+            tprobs = predict_split(predict_fn, part.x, size, channels, tta=True)
             results[f"{split}_flip_tta"] = {k: v for k, v in classification_metrics(part.y, tprobs.argmax(1)).items()
                                             if k in ("n", "accuracy", "macro_f1")}
         log.info("%s %s: accuracy %.4f, macro-F1 %.4f (n=%d)", Path(model_path).name, names[split],

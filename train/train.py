@@ -44,9 +44,6 @@ DEFAULTS = {
     "precision": "float32",       # float32 | mixed_bfloat16 | mixed_float16
     "patience": 0,                # early stopping on val accuracy; 0 disables
     "seed": 0,
-    # Gaussian blur (sigma in px of a 48x48 face) applied to evaluation and inference inputs, never to
-    # the training images: for training data blurrier than real faces (train/data.py, check_sharpness).
-    "blur_sigma": 0.0,
     "max_train_samples": 0,       # >0: a seeded stratified subset, for quick runs
     "max_eval_samples": 0,
     "tta": True,                  # also report horizontal-flip test-time augmentation
@@ -274,7 +271,7 @@ def _train(cfg: dict, run_dir: Path, data) -> dict:
         ]
         if cfg["patience"]:
             callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg["patience"], mode="max"))
-        val_x = preprocess_faces(val_split.x, cfg["input_size"], channels, cfg["blur_sigma"])
+        val_x = preprocess_faces(val_split.x, cfg["input_size"], channels)
         val_y = np.eye(len(LABELS), dtype=np.float32)[val_split.y]
         start = time.time()
         fit_model.fit(make_batches(train_split.x, train_split.y, cfg, channels, weights, shuffle=True),
@@ -283,8 +280,7 @@ def _train(cfg: dict, run_dir: Path, data) -> dict:
         wall = time.time() - start
     (run_dir / "train_time.json").write_text(json.dumps({"wall_s_this_session": round(wall, 1), "epochs": cfg["epochs"]}))
     metrics = evaluate_and_report(run_dir / "best.keras", data, run_dir, splits=("val", "test"),
-                                  tta=cfg["tta"], max_samples=cfg["max_eval_samples"], seed=cfg["seed"],
-                                  blur_sigma=cfg["blur_sigma"])
+                                  tta=cfg["tta"], max_samples=cfg["max_eval_samples"], seed=cfg["seed"])
     return metrics
 
 
