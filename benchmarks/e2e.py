@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from feredge.edge.tracking import iou
+
 FRAME = (640, 480)
 FACE_SIDE = (64, 200)
 
@@ -53,15 +55,6 @@ def composite(face_gray: np.ndarray, seed: int, frame_size=FRAME):
     return np.clip(frame, 0, 255).astype(np.uint8), (x + pad, y + pad, side, side)
 
 
-def iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = iw * ih
-    return inter / float(aw * ah + bw * bh - inter) if inter else 0.0
-
-
 def e2e_faces(face_detector, faces_gray: np.ndarray, seed: int = 0, min_iou: float = 0.3):
     """Per face: (its composited frame, the detection overlapping it best, or None where no detection
     overlaps it by min_iou). face_detector: anything with detect_faces(frame) or detect(frame)."""
@@ -90,4 +83,5 @@ def e2e_metrics(predict_faces, crops: list, y: np.ndarray) -> dict:
     m = classification_metrics(y, pred, n_classes=8)
     f1 = [c["f1"] for c in list(m["per_class"].values())[:7]]
     return {"e2e_accuracy": round(m["accuracy"], 4), "e2e_macro_f1": round(float(np.mean(f1)), 4),
-            "faces_found_pct": round(100 * float(found.mean()), 2)}
+            "faces_found_pct": round(100 * float(found.mean()), 2),
+            "accuracy_on_found_faces": round(float(np.mean(pred[found] == y[found])) if found.any() else 0.0, 4)}

@@ -54,8 +54,9 @@ def resize_face(gray: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(gray, (size, size), interpolation=interp)
 
 
-# How a detector box becomes the classifier's input: a square of side scale x basis ("width", "height"
-# or "mean" of the box), centred offset x (w, h) from the box centre. Measured, not guessed:
+# How a detector box becomes the classifier's input: a square of side scale x basis (the box's "width",
+# "height", their "mean" or "max"), centred offset x (w, h) from the box centre; "align": "eyes" also
+# levels the eye line. Measured, not guessed:
 # `python -m feredge.benchmarks.framing` fits it to where YuNet puts its box on FER-2013 PublicTest
 # frames (benchmarks/results/framing.json; a test keeps the two equal). Exports record it.
 DEFAULT_CROP = {"basis": "width", "scale": 1.303, "offset": [0.004, 0.006]}

@@ -53,7 +53,7 @@ PREPROCESSING = ("grey; square face crop (see crop); resize to size x size (INTE
                  "grey plane replicated when channels is 3")
 # Training artifacts copied into the model folder when exporting from a run directory.
 RUN_FILES = ("config.json", "metrics.json", "history.csv", "curves.png", "confusion_test.png",
-             "confusion_test.json", "confusion_val.png", "train_time.json")
+             "confusion_test.json", "confusion_val.png", "train_time.json", "calibration.json")
 
 
 class ExportError(Exception):
@@ -88,7 +88,8 @@ def parse_formats(text: str | None) -> list[str]:
 
 
 def resolve_source(source) -> tuple[Path, Path | None]:
-    """(the .keras file, the run directory or None) from a .keras path or a training run directory."""
+    """(the .keras file, the run directory or None) from a .keras path or a training run directory.
+    A .keras file inside a run directory (e.g. calibrated.keras) brings that run's artifacts along."""
     source = Path(source).expanduser()
     if source.is_dir():
         if not (source / "best.keras").exists():
@@ -98,7 +99,7 @@ def resolve_source(source) -> tuple[Path, Path | None]:
         raise ExportError(f"model not found: {source}")
     if source.suffix != ".keras":
         raise ExportError(f"{source} is not a .keras file (give a .keras model or a training run directory)")
-    return source, None
+    return source, (source.parent if (source.parent / "config.json").exists() else None)
 
 
 def load_keras(path: Path):

@@ -112,3 +112,43 @@ def test_cli_train_bad_config_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "feredge.cli", "train", "--config", str(tmp_path / "nope.toml"),
                         "--run-dir", str(tmp_path / "run")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "config not found" in r.stderr
+
+
+def test_class_bias_lifts_an_under_predicted_class_to_the_recall_floor():
+    from feredge.train.calibrate import fit_class_bias
+    from feredge.train.evaluate import classification_metrics
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 7, 2000)
+    logits = rng.normal(0, 1, (2000, 7))
+    logits[np.arange(2000), y] += 1.5
+    logits[:, 2] -= 1.2  # class 2 ("fear") is systematically under-predicted
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    before = classification_metrics(y, probs.argmax(1))
+    bias = fit_class_bias(probs, y, min_recall=0.45)
+    after = classification_metrics(y, (np.log(probs) + bias).argmax(1))
+    assert before["per_class"]["fear"]["recall"] < 0.45 <= after["per_class"]["fear"]["recall"]
+    assert after["accuracy"] + after["macro_f1"] > before["accuracy"] + before["macro_f1"]
+    assert bias[2] == bias.max() and abs(bias.mean()) < 1e-9
+
+
+def test_calibrated_model_carries_the_bias_in_its_head(tiny_run, mini_data, tmp_path):
+    import json
+    import shutil
+
+    import keras
+
+    from feredge.train.calibrate import calibrate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    summary = calibrate(run, min_recall=0.2, data=mini_data)
+    bias = np.array(list(json.loads((run / "calibration.json").read_text())["bias"].values()))
+    old = keras.models.load_model(run / "best.keras", compile=False).get_layer("probs").get_weights()[1]
+    new = keras.models.load_model(run / "calibrated.keras", compile=False).get_layer("probs").get_weights()[1]
+    assert np.allclose(new - old, bias, atol=1e-3)
+    assert json.loads((run / "metrics.json").read_text())["model"].endswith("calibrated.keras")
+    assert set(summary["metrics"]) >= {"val", "test"}
+    from feredge.export.export import resolve_source
+
+    assert resolve_source(run / "calibrated.keras") == (run / "calibrated.keras", run)  # exports bring the run's files

@@ -1,4 +1,4 @@
-"""`feredge` command line: detect | train | evaluate | export | bench | ui.
+"""`feredge` command line: detect | train | evaluate | calibrate | export | bench | ui.
 
 Each subcommand imports only what it needs, so `feredge detect` never loads TensorFlow.
 Known bad input ends in one line on stderr and a non-zero exit, never a traceback.
@@ -64,6 +64,21 @@ def _evaluate(args):
     summary = {s: {k: metrics[s][k] for k in ("n", "accuracy", "macro_f1")} for s in splits}
     summary.update({k: v for k, v in metrics.items() if k.endswith("flip_tta")})
     print(json.dumps(summary))
+    return 0
+
+
+def _calibrate(args):
+    from feredge.train.calibrate import calibrate
+
+    data = None
+    if args.data:
+        from feredge.train.data import load_fer2013
+
+        data = load_fer2013(args.data)
+    summary = calibrate(Path(args.run_dir), args.min_recall, data)
+    metrics = summary.pop("metrics")
+    summary["privatetest"] = {k: round(metrics["test"][k], 4) for k in ("accuracy", "macro_f1")}
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -143,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     e.add_argument("--out", help="folder for metrics.json and confusion matrices")
     e.set_defaults(func=_evaluate)
+
+    c = sub.add_parser("calibrate", help="fit per-class logit offsets on PublicTest (writes RUN_DIR/calibrated.keras)")
+    c.add_argument("run_dir", help="training run directory (with best.keras)")
+    c.add_argument("--min-recall", type=float, default=0.45, help="recall every class should keep on PublicTest")
+    c.add_argument("--data")
+    c.set_defaults(func=_calibrate)
 
     x = sub.add_parser("export", help="export to TFLite/ONNX formats behind the accuracy gate")
     x.add_argument("source", help="training run directory or .keras file")
