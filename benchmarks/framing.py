@@ -80,7 +80,7 @@ def fit_crop(det: np.ndarray) -> dict:
     }
 
 
-def compare_crops(model, face_model, split, seed: int = 0) -> dict:
+def compare_crops(fitted: dict, model, face_model, split, seed: int = 0) -> dict:
     """End-to-end accuracy (benchmarks/e2e.py) of one classifier under candidate crops: the fitted
     crop, the same with eye-levelling, and the runtime's earlier guess (1.2 x the box's longer side)."""
     from feredge.benchmarks.e2e import e2e_faces, e2e_metrics
@@ -88,7 +88,6 @@ def compare_crops(model, face_model, split, seed: int = 0) -> dict:
     from feredge.edge.faces import FaceDetector
     from feredge.edge.preprocess import square_crop, to_gray
 
-    fitted = json.loads(RESULTS.read_text())["crop"]
     variants = {"fitted": (fitted, False), "fitted + eye levelling": (fitted, True),
                 "earlier: 1.2 x longer side": ({"basis": "max", "scale": 1.2, "offset": [0, 0]}, False)}
     crops = {name: [] for name in variants}
@@ -112,10 +111,12 @@ def main(argv=None) -> int:
     from feredge.train.data import default_data_path, load_fer2013
 
     data = load_fer2013(args.data or default_data_path())
-    if args.compare:  # keeps the committed fit; adds the comparison to it
+    if args.compare:  # keeps the fit in --out; adds the comparison to it
+        if not Path(args.out).exists():
+            raise SystemExit(f"framing: no fit in {args.out}: run without --compare first")
         result = json.loads(Path(args.out).read_text())
         result["comparison"] = {"model": str(args.compare), "split": "PublicTest",
-                                **compare_crops(args.compare, args.face_model, data["val"])}
+                                **compare_crops(result["crop"], args.compare, args.face_model, data["val"])}
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result["comparison"], indent=2))
         return 0
