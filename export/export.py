@@ -217,7 +217,11 @@ def evaluate_artifact(path: Path, x_gray, y):
     probs = predict_split(clf.predict_pixels, x_gray, clf.input_size, clf.channels, tta=False)
     pred = probs.argmax(1)
     m = classification_metrics(y, pred)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}, pred
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "recall": per_class_recall(m)}, pred
+
+
+def per_class_recall(metrics: dict) -> dict:
+    return {label: round(c["recall"], 4) for label, c in metrics["per_class"].items()}
 
 
 def io_details(path: Path) -> dict:
@@ -282,7 +286,7 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
                                 evalset.x, size, channels, tta=False)
     keras_pred = keras_probs.argmax(1)
     km = classification_metrics(evalset.y, keras_pred)
-    reference = {"accuracy": km["accuracy"], "macro_f1": km["macro_f1"], "file": keras_path.name,
+    reference = {"accuracy": km["accuracy"], "macro_f1": km["macro_f1"], "recall": per_class_recall(km), "file": keras_path.name,
                  "sha256": sha256_of(keras_path)}
     log.info("Keras reference: accuracy %.4f, macro-F1 %.4f on %d images", km["accuracy"], km["macro_f1"], km["n"])
 

@@ -21,6 +21,7 @@ def test_all_six_formats_pass_the_gate(tiny_models, mini_data):
         assert e["gate"]["passed"] and (tiny_models / e["file"]).stat().st_size == e["bytes"]
         assert sha256_of(tiny_models / e["file"]) == e["sha256"]
         assert e["agreement_pct"] >= e["gate"]["min_agreement_pct"]
+        assert set(e["recall"]) == set(m["labels"]) and all(0 <= r <= 1 for r in e["recall"].values())
     assert m["formats"]["tflite_float32"]["input_dtype"] == "float32"
     assert m["input"]["crop"] == DEFAULT_CROP  # the runtime's crop travels with the model
     assert m["formats"]["onnx_float32"]["opset"] >= 17 and m["formats"]["onnx_int8"]["opset"] >= 17

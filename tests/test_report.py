@@ -17,5 +17,8 @@ def test_readme_tables_come_from_manifests_and_results(tmp_path, tiny_models):
     m = json.loads((models / "tiny" / "manifest.json").read_text())
     acc = f"{100 * m['formats']['tflite_int8']['accuracy']:.2f} %"
     assert "| tiny | tflite_int8 | " + acc in text
+    recall = m["formats"]["tflite_int8"]["recall"]
+    worst = min(recall, key=recall.get)
+    assert f"| {worst} {recall[worst]:.2f} |" in text.split("| tiny | tflite_int8 | ")[1].splitlines()[0] + "|"
     assert text.count("| tiny |") == 1 + len(m["formats"]) + 1  # keras row, one per format, bench row
     assert "old" not in text and text.startswith("intro\n") and text.endswith("end\n") and "### some cpu" in text
