@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from feredge.edge.native_log import known_noise_dropped
 from feredge.edge.preprocess import LABELS, preprocess_faces
 
 MANIFEST = "manifest.json"
@@ -90,8 +91,9 @@ def load_litert_interpreter(path: Path, threads: int | None):
 
 class _LiteRT:
     def __init__(self, path: Path, threads: int | None):
-        self.interp = load_litert_interpreter(path, threads)
-        self.interp.allocate_tensors()
+        with known_noise_dropped():
+            self.interp = load_litert_interpreter(path, threads)
+            self.interp.allocate_tensors()
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
         self.input_shape = tuple(int(d) for d in self.inp["shape"])

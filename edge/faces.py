@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from feredge.edge.native_log import known_noise_dropped
+
 log = logging.getLogger(__name__)
 
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
@@ -105,7 +107,8 @@ class FaceDetector:
         path = find_yunet(model_path, allow_download)
         if path is not None:
             try:
-                self._yunet = cv2.FaceDetectorYN.create(str(path), "", (320, 320), score_threshold, 0.3, 50)
+                with known_noise_dropped():
+                    self._yunet = cv2.FaceDetectorYN.create(str(path), "", (320, 320), score_threshold, 0.3, 50)
             except cv2.error as e:
                 raise FaceDetectorError(f"{path} is not a YuNet face model: {str(e).strip().splitlines()[-1][:150]}") from None
             self._size = None

@@ -282,3 +282,17 @@ def test_long_run_memory_stays_flat(tmp_path, detector):
     assert summary["frames_out"] == 240
     early, late = np.median(rss[30:60]), np.median(rss[-30:])
     assert late - early < 15 * 2**20, f"RSS grew {(late - early) / 2**20:.1f} MiB over 180 frames"
+
+
+def test_native_start_up_noise_is_dropped_and_anything_else_passed_on():
+    script = textwrap.dedent("""
+        import os, sys
+        from feredge.edge.native_log import known_noise_dropped
+        with known_noise_dropped():
+            os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n")
+            os.write(2, b"[ WARN:0@0.01] setPreferableTarget Targets are not supported by the new graph engine for now\\n")
+            os.write(2, b"a real native warning\\n")
+        print("after", file=sys.stderr)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr.splitlines() == ["a real native warning", "after"], r.stderr

@@ -54,6 +54,8 @@ def test_readme_first_command_on_the_shipped_model(tmp_path, yunet):
                         "--face-model", str(yunet), "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "astronaut.jpg: face 1 at" in r.stdout and "custom_cnn" in r.stderr
+    # Only our own two lines (model used, where output went): no native start-up chatter.
+    assert len(r.stderr.strip().splitlines()) == 2, r.stderr
     faces = json.loads((tmp_path / "astronaut.json").read_text())["faces"]
     assert len(faces) == 1 and np.isclose(sum(faces[0]["probabilities"].values()), 1, atol=1e-3)
 

@@ -95,8 +95,11 @@ def test_one_training_step_under_the_jax_backend_with_data_parallel(tmp_path, mi
         m = train(cfg, {str(tmp_path)!r})
         print("RESULT", keras.backend.backend(), m["test"]["n"])
     """)
-    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAX_PLATFORMS": "cpu"}
+    # XLA's CPU all-reduce gives up when one device thread is 40 s late, which a busy 2-core machine
+    # reaches; the subprocess timeout below is the real limit.
+    xla_flags = ("--xla_force_host_platform_device_count=2 --xla_cpu_collective_call_terminate_timeout_seconds=540"
+                 " --xla_cpu_collective_timeout_seconds=540")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "RESULT jax 14" in r.stdout
