@@ -86,7 +86,19 @@ def load_litert_interpreter(path: Path, threads: int | None):
     try:
         return Interpreter(model_path=str(path), num_threads=threads)
     except (ValueError, RuntimeError) as e:
-        raise ModelError(f"{path} is not a valid TFLite model: {str(e).splitlines()[0]}") from None
+        reason = str(e).splitlines()[0]
+        if "Didn't find op" in reason:  # e.g. tflite-runtime 2.14 and a dynamic-range model from TF 2.21
+            raise ModelError(f"{path.name} needs a newer TFLite runtime than this one ({reason}): "
+                             "pip install ai-edge-litert, or use the int8 or float formats") from None
+        raise ModelError(f"{path} is not a valid TFLite model: {reason}") from None
+    except (SystemError, ImportError):  # tflite-runtime <= 2.14 is built for NumPy 1.x only
+        import numpy
+
+        raise ModelError(f"this tflite-runtime does not work with NumPy {numpy.__version__}: "
+                         "pip install 'numpy<2', or use ai-edge-litert") from None
+
+
+MAX_BATCH = 256  # faces per interpreter call
 
 
 class _LiteRT:
@@ -102,6 +114,8 @@ class _LiteRT:
         self.dynamic_batch = int(self.inp.get("shape_signature", self.inp["shape"])[0]) == -1
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        if len(x) > MAX_BATCH:  # bounded memory on a Pi; tflite-runtime 2.14 crashes past a 2 GB arena
+            return np.concatenate([self.run(x[i : i + MAX_BATCH]) for i in range(0, len(x), MAX_BATCH)])
         if len(x) != self.batch:
             if not self.dynamic_batch:
                 return np.concatenate([self.run(x[i : i + 1]) for i in range(len(x))])
