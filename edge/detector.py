@@ -64,11 +64,22 @@ def read_image(path) -> np.ndarray:
     return image
 
 
+# Settings for a Raspberry Pi 4/5 (`feredge detect --pi`): all 4 cores; detection on frames shrunk to
+# 320 px wide (a quarter of YuNet's work at 640, still finds faces of about 20 px in the original);
+# detection every 2nd frame, tracked faces classified in between. Their x86 1-thread cost is in
+# `feredge bench`'s loop table, the Pi estimate in benchmarks/pi_estimate.py.
+PI_PRESET = {"threads": 4, "detect_width": 320, "detect_every": 2}
+
+
 class EmotionDetector:
     def __init__(self, model=None, fmt: str | None = None, face_model=None, threads: int | None = None,
                  min_face: int = 24, detect_width: int = 640, allow_download: bool = False,
                  face_score: float = 0.6, crop: dict | None = None):
         self.classifier = EmotionClassifier(model or default_model_dir(), fmt=fmt, threads=threads)
+        if threads:  # YuNet runs on OpenCV's own (process-wide) thread pool
+            import cv2
+
+            cv2.setNumThreads(threads)
         self.faces = FaceDetector(face_model, score_threshold=face_score, min_face=min_face,
                                   detect_width=detect_width, allow_download=allow_download)
         # The crop the model was exported with (its manifest), else the measured default.

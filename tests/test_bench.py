@@ -28,11 +28,13 @@ def test_quick_benchmark_table_and_csv_are_complete(tmp_path, tiny_models, mini_
     for r in rows[:3]:
         assert abs(float(r["size_kb"]) * 1024 - manifest["formats"][r["format"]]["bytes"]) < 100
     md = (tmp_path / "test-machine.md").read_text()
-    assert md.count("| tiny |") == 3 + 2 and md.count(f"| {PEER_MODEL} |") == 1  # 3 formats, 2 video rows, the peer
+    assert md.count("| tiny |") == 3 + 4 and md.count(f"| {PEER_MODEL} |") == 1  # 3 formats, 4 video rows, the peer
     assert "faces found: tiny" in md
     with open(tmp_path / "test-machine_e2e.csv") as f:
         e2e = list(csv.DictReader(f))
-    assert [int(r["faces"]) for r in e2e] == [1, 3] and all(r[c] != "" for r in e2e for c in E2E_COLUMNS)
+    assert [(r["settings"], int(r["faces"])) for r in e2e] == [("default", 1), ("default", 3), ("--pi, 1 thread", 1),
+                                                                ("--pi, 1 thread", 3)]
+    assert all(r[c] != "" for r in e2e for c in E2E_COLUMNS)
     assert (tmp_path / "test-machine.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -296,3 +296,34 @@ def test_native_start_up_noise_is_dropped_and_anything_else_passed_on():
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr.splitlines() == ["a real native warning", "after"], r.stderr
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ([], (None, 640, 1)),
+    (["--pi"], (4, 320, 2)),
+    (["--pi", "--threads", "2", "--detect-every", "3"], (2, 320, 3)),  # explicit options win over the preset
+])
+def test_pi_preset_sets_threads_detect_width_and_detect_every(monkeypatch, extra, expected):
+    import feredge.edge.detector as detector_module
+    import feredge.edge.loop as loop_module
+    from feredge.cli import main
+
+    seen = {}
+
+    class Detector:
+        def __init__(self, *a, threads=None, detect_width=None, **k):
+            seen.update(threads=threads, detect_width=detect_width)
+            self.classifier = type("C", (), {"path": "m", "format": "f"})()
+            self.faces = type("F", (), {"kind": "yunet"})()
+
+    class Loop:
+        def __init__(self, detector, source, opts):
+            seen["detect_every"] = opts.detect_every
+
+        def run(self):
+            return {}
+
+    monkeypatch.setattr(detector_module, "EmotionDetector", Detector)
+    monkeypatch.setattr(loop_module, "VideoLoop", Loop)
+    assert main(["detect", "video.mp4", *extra]) == 0
+    assert (seen["threads"], seen["detect_width"], seen["detect_every"]) == expected

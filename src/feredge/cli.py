@@ -15,10 +15,16 @@ from pathlib import Path
 EXIT_ERROR, EXIT_GATE = 2, 3
 
 
+DETECT_DEFAULTS = {"threads": None, "detect_width": 640, "detect_every": 1}
+
+
 def _detect(args):
-    from feredge.edge.detector import EmotionDetector
+    from feredge.edge.detector import PI_PRESET, EmotionDetector
     from feredge.edge.loop import LoopOptions, VideoLoop, run_images, source_kind
 
+    for key, default in DETECT_DEFAULTS.items():  # given on the command line > --pi > default
+        if getattr(args, key) is None:
+            setattr(args, key, PI_PRESET[key] if args.pi else default)
     detector = EmotionDetector(args.model, fmt=args.format, face_model=args.face_model, threads=args.threads,
                                min_face=args.min_face, detect_width=args.detect_width,
                                allow_download=not args.no_download)
@@ -128,13 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-download", action="store_true", help="never download the YuNet file")
     d.add_argument("--threads", type=int, help="inference threads (default: the runtime's)")
     d.add_argument("--min-face", type=int, default=24, help="smallest face side in pixels (default 24)")
-    d.add_argument("--detect-width", type=int, default=640, help="shrink wider frames to this width for face detection")
+    d.add_argument("--detect-width", type=int, help="shrink wider frames to this width for face detection (default 640)")
     d.add_argument("--out", help="image inputs: folder for annotated images + JSON (default: detections/)")
     d.add_argument("--video-out", help="write the annotated video here (.mp4)")
     d.add_argument("--events", help="append JSON-lines events (time, face id, box, probabilities) here")
     d.add_argument("--show", action="store_true", help="live window (falls back to headless without a display)")
     d.add_argument("--kiosk", action="store_true", help="fullscreen, large labels, reconnect, run until stopped")
-    d.add_argument("--detect-every", type=int, default=1, help="run face detection every N frames (tracks in between)")
+    d.add_argument("--detect-every", type=int, help="run face detection every N frames, tracks in between (default 1)")
+    d.add_argument("--pi", action="store_true", help="Raspberry Pi 4/5 settings: 4 threads, detect width 320, "
+                   "detect every 2nd frame (options given explicitly win)")
     d.add_argument("--smooth", type=float, default=0.4, help="EMA weight of the newest frame (1 = no smoothing)")
     d.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: run to the end)")
     d.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a stream to open or deliver")
