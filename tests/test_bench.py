@@ -98,3 +98,16 @@ def test_e2e_finds_and_crops_a_real_face(yunet):
     face = cv2.resize(cv2.cvtColor(sample_face(150), cv2.COLOR_BGR2GRAY)[10:160, :], (48, 48))
     crops = e2e_crops(NoClassifier(), np.stack([face] * 4))
     assert all(c is not None and c.shape[0] == c.shape[1] for c in crops)
+
+
+def test_pi_estimate_scales_this_machines_figures_by_the_published_yunet_ratio():
+    from feredge.benchmarks.pi_estimate import PI4_YUNET_320_1T_MS, PI5_OVER_PI4, estimate
+
+    here = PI4_YUNET_320_1T_MS[0] / 10  # YuNet 10x (low) slower on the Pi 4 than here
+    high = PI4_YUNET_320_1T_MS[1] / here
+    bench = [{"model": "m", "format": "tflite_int8", "p50_ms_1t": "1.0"}]
+    loop = [{"settings": "--pi, 1 thread", "faces": "1", "fps": "100", "detector_ms": "4"}]
+    text = estimate(bench, loop, here)
+    assert f"| tflite_int8 | 1.00 | 10.00–{high:.2f} | {10 / PI5_OVER_PI4:.2f}–{high / PI5_OVER_PI4:.2f} |" in text
+    # 10 ms a frame here -> 100-108 ms on a Pi 4 at 1 thread: 9-10 fps.
+    assert f"| --pi, 1 thread | 1 | 100 | {1000 / (10 * high):.0f}–10 |" in text
