@@ -45,7 +45,8 @@ class LoopOptions:
     max_frames: int = 0            # 0: until the source ends or the user stops
     timeout_s: float = 10.0        # opening or reading a stream
     reconnect: bool = False        # implied by kiosk
-    reconnect_delay_s: float = 2.0
+    reconnect_delay_s: float = 1.0  # first wait after a drop; doubles per failed attempt...
+    max_reconnect_delay_s: float = 30.0  # ...up to this
     max_reconnects: int = 0        # 0: forever (kiosk)
 
 
@@ -81,6 +82,26 @@ def open_capture(source: str, kind: str, timeout_s: float):
     return cap
 
 
+def as_bgr(frame):
+    """A 3-channel BGR view of a captured frame; None for an empty or malformed one."""
+    import cv2
+
+    if not isinstance(frame, np.ndarray) or frame.size == 0 or frame.ndim not in (2, 3) or min(frame.shape[:2]) < 2:
+        return None
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return frame if frame.shape[2] == 3 else None
+
+
+def fit_to(frame: np.ndarray, size) -> np.ndarray:
+    """The frame at the video's (width, height): a camera may change resolution mid-run."""
+    import cv2
+
+    return frame if frame.shape[1::-1] == tuple(size) else cv2.resize(frame, tuple(size))
+
+
 def display_available() -> bool:
     """True when OpenCV has a GUI backend and there is a screen to show it on."""
     import cv2
@@ -107,6 +128,12 @@ class _Stopper:
 
     def _handle(self, *_):
         self.stop = True
+
+    def wait(self, seconds: float):
+        """Sleep, but wake within 0.1 s of a stop request."""
+        end = time.monotonic() + seconds
+        while not self.stop and time.monotonic() < end:
+            time.sleep(min(0.1, max(0.0, end - time.monotonic())))
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -154,8 +181,10 @@ def run_images(detector, source: str, out_dir: str | None, print_fn=print) -> li
 class VideoLoop:
     """Runs detector over a video source. Returns a summary dict (frames in/out, faces, fps)."""
 
-    def __init__(self, detector, source: str, options: LoopOptions):
-        self.detector, self.source, self.opt = detector, source, options
+    def __init__(self, detector, source: str, options: LoopOptions, open_source=open_capture):
+        """open_source(source, kind, timeout_s) -> a cv2.VideoCapture-like object (tests and the soak
+        pass scripted cameras)."""
+        self.detector, self.source, self.opt, self.open_source = detector, source, options, open_source
         self.kind = source_kind(source)
         self.tracker = FaceTracker(alpha=options.smooth)
         self.reconnect = options.reconnect or options.kiosk
@@ -165,7 +194,7 @@ class VideoLoop:
         import cv2
 
         opt = self.opt
-        cap = open_capture(self.source, self.kind, opt.timeout_s)
+        cap = self.open_source(self.source, self.kind, opt.timeout_s)
         if opt.show or opt.kiosk:
             if display_available():
                 self.window = "feredge"
@@ -174,8 +203,12 @@ class VideoLoop:
                     cv2.setWindowProperty(self.window, cv2.WND_PROP_FULLSCREEN, cv2.WINDOW_FULLSCREEN)
             else:
                 log.warning("no display (or OpenCV without GUI): running headless; events and video files are still written")
-        writer, events = None, open(opt.events, "a", buffering=1) if opt.events else None
-        frames_in = frames_out = faces_total = reconnects = 0
+        if opt.video_out and opt.kiosk and Path(opt.video_out).suffix.lower() == ".mp4":
+            log.warning("an .mp4 video is unreadable if the process is killed before it ends; use .mkv for kiosk recordings")
+        # Line-buffered: every event line reaches the file as it is written, so a kill loses at most the last.
+        writer, writer_size, events = None, None, open(opt.events, "a", buffering=1) if opt.events else None
+        self.events = events
+        frames_in = frames_out = faces_total = reconnects = bad_frames = 0
         times = deque(maxlen=30)  # recent frame times: FPS over a sliding window, constant memory
         fps, status, t_start = 0.0, "", time.time()
         try:
@@ -190,12 +223,17 @@ class VideoLoop:
                                 log.warning("%s %s stopped delivering frames after %d frames; ending", self.kind, self.source, frames_in)
                             break
                         cap.release()
+                        self._event("source_lost", frames_in=frames_in)
                         cap, reconnects = self._reconnect(stopper, reconnects)
                         if cap is None:
                             break
                         status = ""
                         continue
                     frames_in += 1
+                    frame = as_bgr(frame)
+                    if frame is None:  # empty or malformed buffer from the driver: skip it, count it
+                        bad_frames += 1
+                        continue
                     faces = self._faces(frame, frames_in - 1)
                     faces_total += len(faces)
                     now = time.time()
@@ -204,14 +242,16 @@ class VideoLoop:
                         fps = (len(times) - 1) / (times[-1] - times[0])
                     if events:
                         for face in faces:
-                            events.write(json.dumps({"t": round(now, 3), "frame": frames_in - 1, **face.to_dict()}) + "\n")
+                            events.write(json.dumps({"t": round(now, 3), "event": "face", "frame": frames_in - 1,
+                                                    **face.to_dict()}) + "\n")
                     annotated = draw_faces(frame, faces, scale=1.8 if opt.kiosk else 1.0)
                     draw_fps(annotated, fps, scale=1.5 if opt.kiosk else 1.0)
                     if status:
                         draw_status(annotated, status)
                     if opt.video_out:
-                        writer = writer or self._open_writer(opt.video_out, annotated, cap)
-                        writer.write(annotated)
+                        if writer is None:  # sized by the first frame; later frames of another size are scaled
+                            writer, writer_size = self._open_writer(opt.video_out, annotated, cap), annotated.shape[1::-1]
+                        writer.write(fit_to(annotated, writer_size))
                     frames_out += 1
                     if self.window:
                         cv2.imshow(self.window, annotated)
@@ -228,7 +268,7 @@ class VideoLoop:
                 cv2.destroyAllWindows()
         wall = time.time() - t_start
         return {"frames_in": frames_in, "frames_out": frames_out, "faces": faces_total, "reconnects": reconnects,
-                "wall_s": round(wall, 2), "fps": round(frames_out / wall, 2) if wall > 0 else 0.0}
+                "bad_frames": bad_frames, "wall_s": round(wall, 2), "fps": round(frames_out / wall, 2) if wall > 0 else 0.0}
 
     def _faces(self, frame: np.ndarray, index: int):
         det = self.detector
@@ -241,19 +281,33 @@ class VideoLoop:
         return [det.make_face(t.box, t.probs, t.score, t.track_id) for t in tracks]
 
     def _reconnect(self, stopper, reconnects: int):
-        """Reopen the source until it answers, the user stops, or max_reconnects is spent."""
+        """Reopen the source until it answers, the user stops, or max_reconnects is spent; the wait
+        doubles after each failed attempt (capped), and every attempt is an event."""
+        delay = self.opt.reconnect_delay_s
         while not stopper.stop:
             if self.opt.max_reconnects and reconnects >= self.opt.max_reconnects:
                 log.warning("%s %s: gave up after %d reconnect attempts", self.kind, self.source, reconnects)
+                self._event("gave_up", attempts=reconnects)
                 return None, reconnects
             reconnects += 1
-            log.warning("%s %s lost; reconnecting (attempt %d) in %.0f s", self.kind, self.source, reconnects, self.opt.reconnect_delay_s)
-            time.sleep(self.opt.reconnect_delay_s)
+            log.warning("%s %s lost; reconnecting (attempt %d) in %.1f s", self.kind, self.source, reconnects, delay)
+            stopper.wait(delay)
+            if stopper.stop:
+                break
             try:
-                return open_capture(self.source, self.kind, self.opt.timeout_s), reconnects
+                cap = self.open_source(self.source, self.kind, self.opt.timeout_s)
             except SourceError as e:
                 log.warning("%s", e)
+                self._event("reconnect", attempt=reconnects, delay_s=round(delay, 3), ok=False, error=str(e))
+                delay = min(delay * 2, self.opt.max_reconnect_delay_s)
+                continue
+            self._event("reconnect", attempt=reconnects, delay_s=round(delay, 3), ok=True)
+            return cap, reconnects
         return None, reconnects
+
+    def _event(self, kind: str, **fields):
+        if self.events:
+            self.events.write(json.dumps({"t": round(time.time(), 3), "event": kind, "source": self.source, **fields}) + "\n")
 
     @staticmethod
     def _open_writer(path: str, frame: np.ndarray, cap):

@@ -120,3 +120,10 @@ def yunet() -> Path:
     if not path.is_file():
         pytest.skip(f"YuNet face model not found at {path} (set FEREDGE_FACE_MODEL)")
     return path
+
+
+@pytest.fixture()
+def detector(tiny_models, yunet):
+    from feredge.edge.detector import EmotionDetector
+
+    return EmotionDetector(tiny_models, face_model=yunet)

@@ -24,13 +24,6 @@ def run_cli(*args, timeout=120, env=None):
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-@pytest.fixture()
-def detector(tiny_models, yunet):
-    from feredge.edge.detector import EmotionDetector
-
-    return EmotionDetector(tiny_models, face_model=yunet)
-
-
 def test_edge_imports_and_predicts_without_tensorflow(tiny_models, yunet):
     script = textwrap.dedent(f"""
         import sys, time
@@ -204,7 +197,10 @@ def test_camera_that_disappears_mid_run_ends_cleanly_with_outputs(tmp_path, dete
                        max_reconnects=2, reconnect_delay_s=0.01)
     summary = VideoLoop(detector, "0", opts).run()
     assert summary["frames_out"] == 5 and summary["reconnects"] == 2
-    assert len((tmp_path / "e.jsonl").read_text().splitlines()) == 5
+    events = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["face"] * 5 + ["source_lost", "reconnect", "reconnect", "gave_up"]
+    assert [e["ok"] for e in events if e["event"] == "reconnect"] == [False, False]
+    assert events[7]["delay_s"] == 2 * events[6]["delay_s"]  # backoff
     monkeypatch.undo()
     assert int(cv2.VideoCapture(str(tmp_path / "o.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == 5
 
