@@ -4,7 +4,7 @@ Drives the real capture loop (detector, tracker, classifier, overlay, video and 
 reconnects) with a scripted camera at full speed: faces appear, move and leave; the camera drops every
 `--drop-every` frames and comes back; some frames are black, truncated or of another size. Every
 `--sample-every` frames it records RSS, open file descriptors and threads, and at the end writes
-benchmarks/results/soak.{md,csv,png} and checks the bars:
+benchmarks/results/soak/soak.{md,csv,png} and checks the bars:
 - after warm-up (the first 10 % of frames) RSS grows by at most 5 MB;
 - open descriptors and threads end where they were after warm-up;
 - every drop is followed by a successful reconnect;
@@ -27,7 +27,7 @@ import numpy as np
 
 from feredge.benchmarks.synthetic import sample_face
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "soak"
 SIZE, OTHER_SIZE = (320, 240), (480, 360)
 RSS_GROWTH_MAX_MB, FPS_CHANGE_MAX = 5.0, 0.10
 

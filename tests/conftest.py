@@ -14,6 +14,7 @@ import pytest
 from feredge.edge.preprocess import LABELS
 
 REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "edge" / "assets" / "astronaut.jpg"
 SHARED = REPO.parent / "shared"
 
 

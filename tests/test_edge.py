@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, SAMPLE
 from feredge.edge.classifier import EmotionClassifier, ModelError
 from feredge.edge.preprocess import LABELS
 
-SAMPLE = REPO / "edge" / "assets" / "astronaut.jpg"
+
 
 
 def run_cli(*args, timeout=120, env=None):

@@ -12,7 +12,11 @@ def test_readme_tables_come_from_manifests_and_results(tmp_path, tiny_models):
     (results / "some-cpu.md").write_text("### some cpu\n\n| model | format |\n|---|---|\n| tiny | tflite_int8 |\n")
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- models-table:start -->\nold\n<!-- models-table:end -->\nmiddle\n"
-                      "<!-- bench-table:start -->\nold\n<!-- bench-table:end -->\nend\n")
+                      "<!-- bench-table:start -->\nold\n<!-- bench-table:end -->\n"
+                      "<!-- pi-estimate:start -->\nold\n<!-- pi-estimate:end -->\n"
+                      "<!-- soak:start -->\nold\n<!-- soak:end -->\nend\n")
+    (results / "soak").mkdir()
+    (results / "soak" / "soak.md").write_text("Kiosk soak: all bars held.\n")
     text = update_readme(readme, models, results)
     m = json.loads((models / "tiny" / "manifest.json").read_text())
     acc = f"{100 * m['formats']['tflite_int8']['accuracy']:.2f} %"
@@ -22,3 +26,4 @@ def test_readme_tables_come_from_manifests_and_results(tmp_path, tiny_models):
     assert f"| {worst} {recall[worst]:.2f} |" in text.split("| tiny | tflite_int8 | ")[1].splitlines()[0] + "|"
     assert text.count("| tiny |") == 1 + len(m["formats"]) + 1  # keras row, one per format, bench row
     assert "old" not in text and text.startswith("intro\n") and text.endswith("end\n") and "### some cpu" in text
+    assert "Kiosk soak: all bars held." in text and "_Not measured yet._" in text  # no Pi estimate here
