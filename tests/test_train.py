@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import REPO
 from feredge.train.train import class_weights, load_config, parse_override, train
 
 TINY = {"epochs": 1, "batch_size": 16, "precision": "float32", "warmup_epochs": 0, "tta": False,
@@ -155,3 +156,11 @@ def test_calibrated_model_carries_the_bias_in_its_head(tiny_run, mini_data, tmp_
     from feredge.export.export import resolve_source
 
     assert resolve_source(run / "calibrated.keras") == (run / "calibrated.keras", run)  # exports bring the run's files
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "train" / "configs").glob("*.toml")))
+def test_every_shipped_config_loads(name):
+    from feredge.train.models import ARCHITECTURES
+
+    cfg = load_config(name)
+    assert cfg["arch"] in ARCHITECTURES and cfg["epochs"] > 0 and cfg["input_size"] >= 32
