@@ -156,11 +156,10 @@ def bench_e2e(model_dir: Path, face_model, frames: int) -> list[dict]:
     import cv2
 
     from feredge.benchmarks.synthetic import make_video
-    from feredge.edge.detector import PI_PRESET, EmotionDetector
+    from feredge.edge.detector import DEFAULT_SETTINGS, PI_PRESET, EmotionDetector
     from feredge.edge.loop import LoopOptions, VideoLoop
 
-    settings = {"default": {"threads": None, "detect_width": 640, "detect_every": 1},
-                "--pi, 1 thread": {**PI_PRESET, "threads": 1}}
+    settings = {"default": DEFAULT_SETTINGS, "--pi, 1 thread": {**PI_PRESET, "threads": 1}}
     opencv_threads = cv2.getNumThreads()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

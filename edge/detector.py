@@ -69,6 +69,8 @@ def read_image(path) -> np.ndarray:
 # detection every 2nd frame, tracked faces classified in between. Their x86 1-thread cost is in
 # `feredge bench`'s loop table, the Pi estimate in benchmarks/pi_estimate.py.
 PI_PRESET = {"threads": 4, "detect_width": 320, "detect_every": 2}
+# The same settings without --pi (threads None: the runtimes' own default).
+DEFAULT_SETTINGS = {"threads": None, "detect_width": 640, "detect_every": 1}
 
 
 class EmotionDetector:

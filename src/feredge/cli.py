@@ -15,14 +15,11 @@ from pathlib import Path
 EXIT_ERROR, EXIT_GATE = 2, 3
 
 
-DETECT_DEFAULTS = {"threads": None, "detect_width": 640, "detect_every": 1}
-
-
 def _detect(args):
-    from feredge.edge.detector import PI_PRESET, EmotionDetector
+    from feredge.edge.detector import DEFAULT_SETTINGS, PI_PRESET, EmotionDetector
     from feredge.edge.loop import LoopOptions, VideoLoop, run_images, source_kind
 
-    for key, default in DETECT_DEFAULTS.items():  # given on the command line > --pi > default
+    for key, default in DEFAULT_SETTINGS.items():  # given on the command line > --pi > default
         if getattr(args, key) is None:
             setattr(args, key, PI_PRESET[key] if args.pi else default)
     detector = EmotionDetector(args.model, fmt=args.format, face_model=args.face_model, threads=args.threads,
