@@ -164,3 +164,77 @@ def test_every_shipped_config_loads(name):
 
     cfg = load_config(name)
     assert cfg["arch"] in ARCHITECTURES and cfg["epochs"] > 0 and cfg["input_size"] >= 32
+
+
+def test_slimming_keeps_the_channels_with_the_largest_batchnorm_scale(tmp_path):
+    import keras
+
+    from feredge.train.models import custom_cnn, slim_custom_cnn
+
+    rng = np.random.default_rng(0)
+    source = custom_cnn(48, widths=(8, 12))
+    # Give every BatchNorm random statistics, then silence the channels the slimmed net should drop
+    # (gamma = beta = 0 outputs exactly 0 after ReLU): the two networks must then agree exactly.
+    for layer in source.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            gamma, beta = rng.uniform(0.5, 2, n), rng.normal(0, 0.5, n)
+            dropped = rng.permutation(n)[: n // 2]
+            gamma[dropped] = beta[dropped] = 0
+            layer.set_weights([gamma, beta, rng.normal(0, 0.1, n), rng.uniform(0.5, 2, n)])
+    path = tmp_path / "source.keras"
+    source.save(path)
+    slim = slim_custom_cnn(path, (4, 6))
+    x = rng.uniform(0, 255, (8, 48, 48, 1)).astype("float32")
+    np.testing.assert_allclose(slim.predict(x, verbose=0), source.predict(x, verbose=0), atol=1e-5)
+    assert [slim.get_layer(f"s{s}a_conv").filters for s in (1, 2)] == [4, 6]
+    with pytest.raises(ValueError, match="at least as wide"):
+        slim_custom_cnn(source, (16, 12))
+    with pytest.raises(ValueError, match="at least as wide"):
+        slim_custom_cnn(source, (4, 6, 8))
+    with pytest.raises(FileNotFoundError):
+        slim_custom_cnn(tmp_path / "missing.keras", (4, 6))
+
+
+def test_a_run_can_start_from_a_slimmed_model(tmp_path, mini_data):
+    train(tiny_cfg(widths=[8, 12]), tmp_path / "wide", data=mini_data)
+    metrics = train(tiny_cfg(widths=[4, 6], init_from=str(tmp_path / "wide" / "best.keras")), tmp_path / "slim",
+                    data=mini_data)
+    assert metrics["test"]["n"] == 14
+    import keras
+
+    model = keras.models.load_model(tmp_path / "slim" / "best.keras", compile=False)
+    assert model.get_layer("s2b_conv").filters == 6
+
+
+def test_distillation_loss_follows_the_teacher_and_the_labels():
+    from keras import ops
+
+    from feredge.train.distill import distillation_loss
+
+    y = np.eye(7, dtype="float32")[[0, 3]]
+    teacher = np.full((2, 7), 0.02, "float32")
+    teacher[0, 1] = teacher[1, 3] = 0.88
+    agree = np.concatenate([teacher, teacher], axis=1)  # student = teacher
+    differ = np.concatenate([np.roll(teacher, 2, axis=1), teacher], axis=1)
+    only_teacher = distillation_loss(1.0, 3.0, 0.0)
+    assert np.allclose(ops.convert_to_numpy(only_teacher(y, agree)), 0, atol=1e-5)
+    assert (ops.convert_to_numpy(only_teacher(y, differ)) > 0.1).all()
+    only_labels = distillation_loss(0.0, 3.0, 0.0)  # plain cross-entropy: -log p(true class)
+    np.testing.assert_allclose(ops.convert_to_numpy(only_labels(y, agree)), -np.log([0.02, 0.88]), rtol=1e-4)
+
+
+def test_a_distilled_run_saves_the_student_alone(tmp_path, mini_data):
+    train(tiny_cfg(widths=[8, 12]), tmp_path / "teacher", data=mini_data)
+    metrics = train(tiny_cfg(widths=[4, 6], teacher=str(tmp_path / "teacher" / "best.keras")), tmp_path / "student",
+                    data=mini_data)
+    assert metrics["test"]["n"] == 14
+    with open(tmp_path / "student" / "history.csv") as f:
+        row = next(csv.DictReader(f))
+    assert 0 <= float(row["accuracy"]) <= 1 and 0 <= float(row["val_accuracy"]) <= 1
+    import keras
+
+    student = keras.models.load_model(tmp_path / "student" / "best.keras", compile=False)
+    assert student.output_shape == (None, 7) and student.get_layer("s2b_conv").filters == 6
+    with pytest.raises(FileNotFoundError, match="teacher"):
+        train(tiny_cfg(widths=[4, 6], teacher=str(tmp_path / "missing.keras")), tmp_path / "bad", data=mini_data)

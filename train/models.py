@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 from feredge.edge.preprocess import LABELS
@@ -55,6 +56,39 @@ def custom_cnn(input_size: int = 48, widths=(32, 64, 128, 256), dropout: float =
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(len(LABELS), activation="softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name="custom_cnn")
+
+
+def slim_custom_cnn(source, widths, dropout: float = 0.4) -> keras.Model:
+    """A narrower custom CNN initialised from a trained one (network slimming, Liu et al. 2017):
+    every conv layer keeps the output channels with the largest BatchNorm scale |gamma|, and the
+    next layer keeps the matching input channels. Fine-tuning it recovers most of the accuracy in a
+    fraction of the epochs that training the narrow network from scratch takes.
+
+    source: a custom_cnn keras.Model or the path of one; widths: the new stage widths, each no wider
+    than the source's.
+    """
+    if not isinstance(source, keras.Model):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"init_from model not found: {path}")
+        source = keras.models.load_model(path, compile=False)
+    names = {layer.name for layer in source.layers}
+    old_widths = [source.get_layer(f"s{s}a_conv").filters for s in range(1, 9) if f"s{s}a_conv" in names]
+    if len(old_widths) != len(widths) or any(new > old for new, old in zip(widths, old_widths)):
+        raise ValueError(f"init_from must be a custom_cnn at least as wide as {list(widths)}; got {source.name} {old_widths}")
+    model = custom_cnn(source.input_shape[1], widths=widths, dropout=dropout)
+    kept_in = np.arange(1)  # the grey input plane
+    for stage, width in enumerate(widths, start=1):
+        for part in "ab":
+            conv, bn = (source.get_layer(f"s{stage}{part}_{kind}") for kind in ("conv", "bn"))
+            gamma, beta, mean, var = (np.asarray(w) for w in bn.get_weights())
+            kept = np.sort(np.argsort(-np.abs(gamma))[:width])
+            model.get_layer(f"s{stage}{part}_conv").set_weights([np.asarray(conv.kernel)[:, :, kept_in][..., kept]])
+            model.get_layer(f"s{stage}{part}_bn").set_weights([gamma[kept], beta[kept], mean[kept], var[kept]])
+            kept_in = kept
+    kernel, bias = (np.asarray(w) for w in source.get_layer("probs").get_weights())
+    model.get_layer("probs").set_weights([kernel[kept_in], bias])
+    return model
 
 
 def imagenet_backbone(arch: str, input_size: int, weights, dropout: float) -> keras.Model:

@@ -29,6 +29,10 @@ DEFAULTS = {
     "input_size": 48,
     "weights": "imagenet",        # ImageNet backbones: "imagenet", a local weights file, or "none"
     "widths": [32, 64, 128, 256],  # custom CNN stage widths
+    "init_from": "",              # custom CNN: a trained, wider custom CNN (.keras) to slim to `widths`
+    "teacher": "",                # a trained model (.keras) to distil from (train/distill.py); empty: none
+    "distill_weight": 0.8,        # share of the loss that follows the teacher
+    "distill_temperature": 3.0,
     "dropout": 0.4,
     "data": "",                   # empty: FER2013_ZIP or the shared copy
     "epochs": 60,
@@ -241,7 +245,7 @@ def train(cfg: dict, run_dir: Path, data=None) -> dict:
 def _train(cfg: dict, run_dir: Path, data) -> dict:
     import keras
 
-    from feredge.train import augment, models
+    from feredge.train import augment, distill, models
     from feredge.train.data import default_data_path, load_fer2013
     from feredge.train.evaluate import evaluate_and_report
 
@@ -258,11 +262,20 @@ def _train(cfg: dict, run_dir: Path, data) -> dict:
     steps_per_epoch = math.ceil(len(train_split) / cfg["batch_size"])
     with distribution(cfg["data_parallel"]) as how:
         log.info("distribution: %s", how)
-        model = models.build_model(cfg["arch"], cfg["input_size"], cfg["weights"], cfg["dropout"], tuple(cfg["widths"]))
-        fit_model = augment.training_model(model, cfg["augment"])
-        fit_model.compile(optimizer=make_optimizer(cfg, steps_per_epoch),
-                          loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg["label_smoothing"]),
-                          metrics=["accuracy"])
+        if cfg["init_from"]:
+            model = models.slim_custom_cnn(cfg["init_from"], tuple(cfg["widths"]), cfg["dropout"])
+        else:
+            model = models.build_model(cfg["arch"], cfg["input_size"], cfg["weights"], cfg["dropout"], tuple(cfg["widths"]))
+        if cfg["teacher"]:
+            teacher = distill.load_teacher(cfg["teacher"])
+            fit_model = distill.student_and_teacher(model, teacher, augment.augmentation_layers(cfg["augment"]))
+            loss = distill.distillation_loss(cfg["distill_weight"], cfg["distill_temperature"], cfg["label_smoothing"])
+            metrics = [distill.student_accuracy()]
+        else:
+            fit_model = augment.training_model(model, cfg["augment"])
+            loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg["label_smoothing"])
+            metrics = ["accuracy"]
+        fit_model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=metrics)
         callbacks = [
             # Kept after a finished run too, so that a larger --epochs extends the run where it stopped.
             keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),

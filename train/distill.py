@@ -1,0 +1,62 @@
+"""Knowledge distillation (Hinton et al., "Distilling the knowledge in a neural network", 2015): a small
+student learns from a trained teacher's softened probabilities as well as from the labels.
+
+The teacher runs inside the training model on the same augmented batch as the student, and the two
+outputs travel concatenated to the loss, so plain `fit()` does the rest (any backend). Only the
+student is saved and exported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from keras import layers, ops
+
+from feredge.edge.preprocess import LABELS
+
+CLASSES = len(LABELS)
+EPS = 1e-7
+
+
+def load_teacher(path) -> keras.Model:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"teacher model not found: {path}")
+    loaded = keras.models.load_model(path, compile=False)
+    # Renamed: a teacher of the student's architecture carries the student's name.
+    teacher = keras.Model(loaded.inputs[0], loaded.outputs[0], name="teacher")
+    teacher.trainable = False
+    return teacher
+
+
+def student_and_teacher(student: keras.Model, teacher: keras.Model, augmentation: list) -> keras.Model:
+    """A training model giving [student probs | teacher probs], both computed on the same pixels after
+    the augmentation layers (train/augment.py)."""
+    inputs = keras.Input(student.input_shape[1:], name="pixels")
+    x = inputs
+    for layer in augmentation:
+        x = layer(x)
+    both = layers.Concatenate(dtype="float32", name="student_teacher")([student(x), teacher(x, training=False)])
+    return keras.Model(inputs, both, name=f"{student.name}_distill")
+
+
+def distillation_loss(weight: float, temperature: float, label_smoothing: float):
+    """(1 - weight) x cross-entropy with the labels + weight x T^2 x KL(teacher_T || student_T), where _T
+    is the softmax of log-probabilities divided by the temperature T (T^2 keeps the gradients' scale)."""
+    hard = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, reduction=None)
+
+    def loss(y_true, y_pred):
+        student, teacher = y_pred[:, :CLASSES], ops.stop_gradient(y_pred[:, CLASSES:])
+        soft_teacher = ops.softmax(ops.log(teacher + EPS) / temperature)
+        log_soft_student = ops.log_softmax(ops.log(student + EPS) / temperature)
+        kl = ops.sum(soft_teacher * (ops.log(soft_teacher + EPS) - log_soft_student), axis=-1)
+        return (1 - weight) * hard(y_true, student) + weight * temperature**2 * kl
+
+    return loss
+
+
+def student_accuracy() -> keras.metrics.Metric:
+    """Accuracy of the student's half of the output, logged as "accuracy" like an ordinary run."""
+    return keras.metrics.MeanMetricWrapper(
+        lambda y_true, y_pred: keras.metrics.categorical_accuracy(y_true, y_pred[:, :CLASSES]), name="accuracy")
