@@ -57,6 +57,13 @@ def test_resume_continues_where_the_run_stopped(tmp_path, mini_data):
     assert epochs == [0, 1, 2]
     with pytest.raises(ValueError, match="another config"):
         train(tiny_cfg(widths=[4, 8], epochs=4, learning_rate=0.5), tmp_path, data=mini_data)
+    # A run begun before a config key existed resumes: the missing key takes its default.
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["teacher"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    train(tiny_cfg(widths=[4, 8], epochs=4), tmp_path, data=mini_data)
+    with open(tmp_path / "history.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2, 3]
 
 
 def test_imagenet_weights_from_a_local_file(tmp_path):

@@ -228,7 +228,7 @@ def train(cfg: dict, run_dir: Path, data=None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = run_dir / "config.json"
     if (run_dir / "backup").exists() and resolved.exists():
-        saved = json.loads(resolved.read_text())
+        saved = {**DEFAULTS, **json.loads(resolved.read_text())}  # keys added since the run began: their defaults
         if {k: v for k, v in saved.items() if k != "epochs"} != {k: v for k, v in cfg.items() if k != "epochs"}:
             raise ValueError(f"{run_dir} holds a run with another config; resume it with the same config or use a new --run-dir")
         log.info("resuming the run in %s", run_dir)
