@@ -72,8 +72,7 @@ def slim_custom_cnn(source, widths, dropout: float = 0.4) -> keras.Model:
         if not path.exists():
             raise FileNotFoundError(f"init_from model not found: {path}")
         source = keras.models.load_model(path, compile=False)
-    names = {layer.name for layer in source.layers}
-    old_widths = [source.get_layer(f"s{s}a_conv").filters for s in range(1, 9) if f"s{s}a_conv" in names]
+    old_widths = [layer.filters for layer in source.layers if layer.name.endswith("a_conv")]  # one per stage
     if len(old_widths) != len(widths) or any(new > old for new, old in zip(widths, old_widths)):
         raise ValueError(f"init_from must be a custom_cnn at least as wide as {list(widths)}; got {source.name} {old_widths}")
     model = custom_cnn(source.input_shape[1], widths=widths, dropout=dropout)
