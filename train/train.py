@@ -220,10 +220,6 @@ def train(cfg: dict, run_dir: Path, data=None) -> dict:
     """Train per cfg into run_dir; resumes from run_dir's backup if one is there. Returns metrics."""
     import keras
 
-    from feredge.train import augment, models
-    from feredge.train.data import default_data_path, load_fer2013
-    from feredge.train.evaluate import evaluate_and_report
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = run_dir / "config.json"
