@@ -76,14 +76,14 @@ DEFAULT_SETTINGS = {"threads": None, "detect_width": 640, "detect_every": 1}
 class EmotionDetector:
     def __init__(self, model=None, fmt: str | None = None, face_model=None, threads: int | None = None,
                  min_face: int = 24, detect_width: int = 640, allow_download: bool = False,
-                 face_score: float = 0.6, crop: dict | None = None):
+                 face_score: float = 0.6, retry_zoom: float = 2.0, crop: dict | None = None):
         self.classifier = EmotionClassifier(model or default_model_dir(), fmt=fmt, threads=threads)
         if threads:  # YuNet runs on OpenCV's own (process-wide) thread pool
             import cv2
 
             cv2.setNumThreads(threads)
         self.faces = FaceDetector(face_model, score_threshold=face_score, min_face=min_face,
-                                  detect_width=detect_width, allow_download=allow_download)
+                                  detect_width=detect_width, retry_zoom=retry_zoom, allow_download=allow_download)
         # The crop the model was exported with (its manifest), else the measured default.
         self.crop = crop or self.classifier.crop or DEFAULT_CROP
         self.labels = self.classifier.labels

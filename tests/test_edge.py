@@ -323,3 +323,39 @@ def test_pi_preset_sets_threads_detect_width_and_detect_every(monkeypatch, extra
     monkeypatch.setattr(loop_module, "VideoLoop", Loop)
     assert main(["detect", "video.mp4", *extra]) == 0
     assert (seen["threads"], seen["detect_width"], seen["detect_every"]) == expected
+
+
+def test_a_face_too_small_at_its_own_size_is_found_by_the_retry(yunet):
+    import cv2
+
+    from feredge.edge.faces import FaceDetector
+
+    # The astronaut shrunk until her face is ~8 px: YuNet misses it at this size, finds it enlarged 2x.
+    sample = cv2.imread(str(SAMPLE))
+    small = cv2.resize(sample, (48, 48), interpolation=cv2.INTER_AREA)
+    frame = np.full((480, 640, 3), 127, np.uint8)
+    frame[100:148, 200:248] = small
+    assert FaceDetector(yunet, min_face=4, retry_zoom=1).detect(frame) == []
+    found = FaceDetector(yunet, min_face=4).detect(frame)
+    assert len(found) == 1
+    x, y, w, h = found[0].box
+    assert 200 <= x + w / 2 <= 248 and 100 <= y + h / 2 <= 148 and w < 24  # boxes in the frame's own pixels
+
+
+@pytest.mark.parametrize("width, detect_width, expected", [
+    (640, 640, [1.0, 2.0]),   # nothing found: one retry, enlarged
+    (640, 320, [0.5, 1.0]),   # the retry is relative to the working size
+    (4000, 0, [1.0]),         # a large photo is not blown up further
+])
+def test_the_retry_runs_only_when_nothing_is_found(yunet, width, detect_width, expected):
+    from feredge.edge.faces import FaceDetector
+
+    detector = FaceDetector(yunet, detect_width=detect_width)
+    scales = []
+    detector.detect_at = lambda image, scale: scales.append(scale) or []
+    detector.detect(np.zeros((300, width, 3), np.uint8))
+    assert scales == expected
+    scales.clear()
+    detector.detect_at = lambda image, scale: scales.append(scale) or ["a face"]
+    detector.detect(np.zeros((300, width, 3), np.uint8))
+    assert scales == expected[:1]

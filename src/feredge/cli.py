@@ -23,7 +23,7 @@ def _detect(args):
         if getattr(args, key) is None:
             setattr(args, key, PI_PRESET[key] if args.pi else default)
     detector = EmotionDetector(args.model, fmt=args.format, face_model=args.face_model, threads=args.threads,
-                               min_face=args.min_face, detect_width=args.detect_width,
+                               min_face=args.min_face, detect_width=args.detect_width, retry_zoom=args.retry_zoom,
                                allow_download=not args.no_download)
     print(f"model: {detector.classifier.path} ({detector.classifier.format or 'file'}), faces: {detector.faces.kind}",
           file=sys.stderr)
@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--threads", type=int, help="inference threads (default: the runtime's)")
     d.add_argument("--min-face", type=int, default=24, help="smallest face side in pixels (default 24)")
     d.add_argument("--detect-width", type=int, help="shrink wider frames to this width for face detection (default 640)")
+    d.add_argument("--retry-zoom", type=float, default=2.0,
+                   help="where no face is found, look again with the frame enlarged this much (default 2; 1: off)")
     d.add_argument("--out", help="image inputs: folder for annotated images + JSON (default: detections/)")
     d.add_argument("--video-out", help="write the annotated video here (.mp4)")
     d.add_argument("--events", help="append JSON-lines events (time, face id, box, probabilities) here")

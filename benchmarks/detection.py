@@ -1,0 +1,102 @@
+"""Face-detector operating points on the end-to-end composites: the measurement behind the runtime's
+score threshold and its no-face retry.
+
+    python -m feredge.benchmarks.detection --face-model PATH/face_detection_yunet.onnx
+
+Each PublicTest face (the selection split; the e2e benchmark reports PrivateTest) is composited into a
+640x480 frame exactly as in benchmarks/e2e.py. For each detection width, with and without the retry
+(when nothing scores above the threshold, detect again with the frame enlarged 2x, as
+edge/faces.py does), and each score threshold: the share of faces found (a box overlapping the true
+face by IoU >= 0.3), false detections per frame (boxes overlapping nothing), the median detection
+time per frame on this machine, and what a frame with no face costs (the retry always runs there). Writes benchmarks/results/detection.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results" / "detection.md"
+WIDTHS = (320, 640)  # detection widths of a 640x480 frame: the --pi preset and the default
+THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8)
+RETRY_ZOOM = 2.0
+
+
+def detections(faces_gray: np.ndarray, face_model, scales, seed: int = 0):
+    """Per frame and scale: (scores of boxes on the face, scores of the other boxes, seconds)."""
+    from feredge.benchmarks.e2e import composite
+    from feredge.edge.faces import FaceDetector
+    from feredge.edge.tracking import iou
+
+    detector = FaceDetector(face_model, score_threshold=min(THRESHOLDS), detect_width=0, retry_zoom=1)
+    out = []
+    for i, face in enumerate(faces_gray):
+        frame, truth = composite(face, seed * 1_000_003 + i)
+        per_scale = {}
+        for s in scales:
+            t0 = time.perf_counter()
+            found = detector.detect_at(frame, s)
+            dt = time.perf_counter() - t0
+            hit = [iou(f.box, truth) >= 0.3 for f in found]
+            per_scale[s] = (np.array([f.score for f, h in zip(found, hit) if h]),
+                            np.array([f.score for f, h in zip(found, hit) if not h]), dt)
+        out.append(per_scale)
+    return out
+
+
+def operating_points(per_frame, frame_width: int = 640) -> list[dict]:
+    rows = []
+    for width in WIDTHS:
+        base = width / frame_width
+        for retry in (False, True):
+            for th in THRESHOLDS:
+                found, false, times, empty = [], [], [], []
+                for d in per_frame:
+                    hits, others, dt = d[base]
+                    empty.append(dt + (d[base * RETRY_ZOOM][2] if retry else 0))
+                    if retry and not (hits >= th).any() and not (others >= th).any():
+                        hits, others, dt2 = d[base * RETRY_ZOOM]
+                        dt += dt2
+                    found.append((hits >= th).any())
+                    false.append(int((others >= th).sum()))
+                    times.append(dt)
+                rows.append({"detect_width": width, "retry_zoom": RETRY_ZOOM if retry else 1, "score": th,
+                             "faces_found_pct": round(100 * float(np.mean(found)), 2),
+                             "false_per_frame": round(float(np.mean(false)), 3),
+                             "median_ms": round(1000 * float(np.median(times)), 1),
+                             "no_face_frame_ms": round(1000 * float(np.median(empty)), 1)})
+    return rows
+
+
+def markdown(rows: list[dict], n: int) -> str:
+    keys = list(rows[0])
+    lines = [f"YuNet on {n} PublicTest faces composited into 640x480 frames (benchmarks/e2e.py); "
+             "`python -m feredge.benchmarks.detection`.", "",
+             "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--face-model", help="YuNet file (or FEREDGE_FACE_MODEL)")
+    p.add_argument("--data", help="FER-2013 zip, folder or csv (default: $FER2013_ZIP or ../shared)")
+    p.add_argument("--n", type=int, default=1000, help="PublicTest faces used (default 1000)")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    from feredge.train.data import default_data_path, load_fer2013
+
+    faces = load_fer2013(args.data or default_data_path())["val"].x[: args.n]
+    scales = sorted({w / 640 * z for w in WIDTHS for z in (1, RETRY_ZOOM)})
+    table = markdown(operating_points(detections(faces, args.face_model, scales)), len(faces))
+    Path(args.out).write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
