@@ -173,6 +173,19 @@ def test_every_shipped_config_loads(name):
     assert cfg["arch"] in ARCHITECTURES and cfg["epochs"] > 0 and cfg["input_size"] >= 32
 
 
+def test_a_config_states_only_what_it_changes_from_its_base(tmp_path):
+    (tmp_path / "a.toml").write_text('epochs = 7\nlearning_rate = 0.01\n[augment]\nrotation = 5\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\nlearning_rate = 0.02\n[augment]\nzoom = 0.3\n')
+    cfg = load_config(tmp_path / "b.toml")
+    assert (cfg["epochs"], cfg["learning_rate"]) == (7, 0.02)
+    assert (cfg["augment"]["rotation"], cfg["augment"]["zoom"], cfg["augment"]["flip"]) == (5, 0.3, True)
+    assert "base" not in cfg
+    assert load_config("custom_cnn_slim.toml")["optimizer"] == load_config("custom_cnn.toml")["optimizer"]
+    (tmp_path / "a.toml").write_text('base = "b.toml"\n')
+    with pytest.raises(ValueError, match="loop"):
+        load_config(tmp_path / "b.toml")
+
+
 def test_slimming_keeps_the_channels_with_the_largest_batchnorm_scale(tmp_path):
     import keras
 

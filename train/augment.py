@@ -30,13 +30,17 @@ def augmentation_layers(cfg: dict) -> list:
     return out
 
 
-def training_model(model: keras.Model, cfg: dict) -> keras.Model:
-    """model preceded by the augmentation layers (active only when training=True)."""
+def training_model(model: keras.Model, cfg: dict, teacher: keras.Model | None = None) -> keras.Model:
+    """model preceded by the augmentation layers (active only when training=True). With a teacher
+    (train/distill.py) the output is [model probs | teacher probs], both on the same augmented pixels."""
     aug = augmentation_layers(cfg)
-    if not aug:
+    if not aug and teacher is None:
         return model
     inputs = keras.Input(model.input_shape[1:], name="pixels")
     x = inputs
     for layer in aug:
         x = layer(x)
-    return keras.Model(inputs, model(x), name=f"{model.name}_train")
+    if teacher is None:
+        return keras.Model(inputs, model(x), name=f"{model.name}_train")
+    both = layers.Concatenate(dtype="float32", name="student_teacher")([model(x), teacher(x, training=False)])
+    return keras.Model(inputs, both, name=f"{model.name}_distill")

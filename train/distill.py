@@ -1,8 +1,8 @@
 """Knowledge distillation (Hinton et al., "Distilling the knowledge in a neural network", 2015): a small
 student learns from a trained teacher's softened probabilities as well as from the labels.
 
-The teacher runs inside the training model on the same augmented batch as the student, and the two
-outputs travel concatenated to the loss, so plain `fit()` does the rest (any backend). Only the
+The teacher runs inside the training model on the same augmented batch as the student
+(`augment.training_model(student, cfg, teacher)`), and the two outputs travel concatenated to the loss, so plain `fit()` does the rest (any backend). Only the
 student is saved and exported.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-from keras import layers, ops
+from keras import ops
 
 from feredge.edge.preprocess import LABELS
 
@@ -28,17 +28,6 @@ def load_teacher(path) -> keras.Model:
     teacher = keras.Model(loaded.inputs[0], loaded.outputs[0], name="teacher")
     teacher.trainable = False
     return teacher
-
-
-def student_and_teacher(student: keras.Model, teacher: keras.Model, augmentation: list) -> keras.Model:
-    """A training model giving [student probs | teacher probs], both computed on the same pixels after
-    the augmentation layers (train/augment.py)."""
-    inputs = keras.Input(student.input_shape[1:], name="pixels")
-    x = inputs
-    for layer in augmentation:
-        x = layer(x)
-    both = layers.Concatenate(dtype="float32", name="student_teacher")([student(x), teacher(x, training=False)])
-    return keras.Model(inputs, both, name=f"{student.name}_distill")
 
 
 def distillation_loss(weight: float, temperature: float, label_smoothing: float):

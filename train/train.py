@@ -60,18 +60,30 @@ DEFAULTS = {
 def load_config(path=None, overrides: dict | None = None) -> dict:
     cfg = json.loads(json.dumps(DEFAULTS))
     if path:
-        path = Path(path)
-        if not path.exists() and (CONFIG_DIR / path.name).exists():
-            path = CONFIG_DIR / path.name
-        if not path.exists():
-            raise FileNotFoundError(f"config not found: {path}")
-        with open(path, "rb") as f:
-            merge_config(cfg, tomllib.load(f))
+        merge_config(cfg, read_config_file(Path(path)))
     merge_config(cfg, overrides or {})
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown config key(s): {', '.join(sorted(unknown))}")
     return cfg
+
+
+def read_config_file(path: Path, seen=()) -> dict:
+    """A TOML config; `base = "other.toml"` (beside it, or a packaged config) is read first and this
+    file's keys override it, so a variant states only what it changes."""
+    if not path.exists() and (CONFIG_DIR / path.name).exists():
+        path = CONFIG_DIR / path.name
+    if not path.exists():
+        raise FileNotFoundError(f"config not found: {path}")
+    if path.resolve() in seen:
+        raise ValueError(f"config base loop at {path}")
+    with open(path, "rb") as f:
+        cfg = tomllib.load(f)
+    if "base" not in cfg:
+        return cfg
+    out = read_config_file(path.parent / cfg.pop("base"), (*seen, path.resolve()))
+    merge_config(out, cfg)
+    return out
 
 
 def merge_config(base: dict, new: dict):
@@ -263,8 +275,7 @@ def _train(cfg: dict, run_dir: Path, data) -> dict:
         else:
             model = models.build_model(cfg["arch"], cfg["input_size"], cfg["weights"], cfg["dropout"], tuple(cfg["widths"]))
         if cfg["teacher"]:
-            teacher = distill.load_teacher(cfg["teacher"])
-            fit_model = distill.student_and_teacher(model, teacher, augment.augmentation_layers(cfg["augment"]))
+            fit_model = augment.training_model(model, cfg["augment"], distill.load_teacher(cfg["teacher"]))
             loss = distill.distillation_loss(cfg["distill_weight"], cfg["distill_temperature"], cfg["label_smoothing"])
             metrics = [distill.student_accuracy()]
         else:
