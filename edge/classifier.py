@@ -16,6 +16,12 @@ from feredge.edge.native_log import known_noise_dropped
 from feredge.edge.preprocess import LABELS, preprocess_faces
 
 MANIFEST = "manifest.json"
+# The shipped models, models/<name>/ inside the installed package.
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+if not MODELS_DIR.is_dir():  # editable installs map feredge.models to the repo's models/
+    import feredge.models
+
+    MODELS_DIR = Path(feredge.models.__file__).parent
 # Preferred format when a folder is given: int8 first (smallest, fastest on a Pi-class CPU).
 FORMAT_PREFERENCE = ("tflite_int8", "onnx_int8", "tflite_float16", "tflite_float32", "tflite_dynamic", "onnx_float32")
 
@@ -42,10 +48,13 @@ def read_manifest(folder: Path) -> dict:
 
 
 def resolve_model(path, fmt: str | None = None):
-    """(model file, manifest or None, format name or None) from a folder or a file path."""
+    """(model file, manifest or None, format name or None) from a folder, a file path or the name of a
+    shipped model (a folder under models/, e.g. "custom_cnn")."""
     path = Path(path).expanduser()
+    if not path.exists() and str(path) in shipped_models():
+        path = MODELS_DIR / str(path)
     if not path.exists():
-        raise ModelError(f"model not found: {path}")
+        raise ModelError(f"model not found: {path} (shipped models: {', '.join(shipped_models())})")
     if path.is_dir():
         manifest = read_manifest(path)
         formats = manifest.get("formats", {})
@@ -65,6 +74,10 @@ def resolve_model(path, fmt: str | None = None):
         if fmt is None:
             manifest = None  # a file the manifest doesn't list: use it as a bare model file
     return path, manifest, fmt
+
+
+def shipped_models() -> list[str]:
+    return sorted(p.parent.name for p in MODELS_DIR.glob(f"*/{MANIFEST}"))
 
 
 def _backend_available(filename: str) -> bool:

@@ -14,17 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from feredge.edge.classifier import EmotionClassifier
+from feredge.edge.classifier import MODELS_DIR, EmotionClassifier
 from feredge.edge.faces import FaceDetector
 from feredge.edge.preprocess import DEFAULT_CROP, square_crop, to_gray
 
-# The shipped default: models/custom_cnn inside the installed package.
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-if not MODELS_DIR.is_dir():  # editable installs map feredge.models to the repo's models/
-    import feredge.models
-
-    MODELS_DIR = Path(feredge.models.__file__).parent
-DEFAULT_MODEL = "custom_cnn"
+DEFAULT_MODEL = "custom_cnn"  # the shipped default, models/custom_cnn
 
 
 class ImageError(Exception):

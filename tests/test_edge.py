@@ -100,6 +100,16 @@ def test_bad_images(tmp_path, tiny_models, yunet):
     assert r.returncode == 1 and "no face found" in r.stdout
 
 
+def test_a_shipped_model_is_chosen_by_name(tmp_path, monkeypatch):
+    from feredge.edge.classifier import MODELS_DIR, resolve_model
+
+    monkeypatch.chdir(tmp_path)  # nothing called custom_cnn here
+    path, manifest, fmt = resolve_model("custom_cnn")
+    assert path.parent == MODELS_DIR / "custom_cnn" and manifest["formats"][fmt]["file"] == path.name
+    with pytest.raises(ModelError, match=r"model not found: nope \(shipped models: .*custom_cnn"):
+        resolve_model("nope")
+
+
 def test_bad_models(tmp_path, tiny_models, yunet):
     base = ("--face-model", yunet)
     assert "model not found" in one_line_error(run_cli("detect", SAMPLE, "--model", tmp_path / "nope", *base))

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("detect", help="detect faces and emotions in an image, folder, video, camera or stream")
     d.add_argument("source", help="image file, folder of images, video file, camera index (0) or stream URL")
-    d.add_argument("--model", help="model folder (with manifest.json) or .tflite/.onnx file; default: the shipped model")
+    d.add_argument("--model", help="a shipped model's name (e.g. custom_cnn), a model folder (with manifest.json) or a .tflite/.onnx file; default: custom_cnn")
     d.add_argument("--format", help="format from the manifest, e.g. tflite_int8 or onnx_int8 (default: best available)")
     d.add_argument("--face-model", help=f"path to the YuNet face model (or set FEREDGE_FACE_MODEL)")
     d.add_argument("--no-download", action="store_true", help="never download the YuNet file")
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_bench)
 
     u = sub.add_parser("ui", help="Gradio front end (pip install 'feredge[ui]')")
-    u.add_argument("--model")
+    u.add_argument("--model", help="a shipped model's name, a model folder or file (default: custom_cnn)")
     u.add_argument("--face-model")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=7860)
