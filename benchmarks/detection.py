@@ -8,7 +8,10 @@ Each PublicTest face (the selection split; the e2e benchmark reports PrivateTest
 (when nothing scores above the threshold, detect again with the frame enlarged 2x, as
 edge/faces.py does), and each score threshold: the share of faces found (a box overlapping the true
 face by IoU >= 0.3), false detections per frame (boxes overlapping nothing), the median detection
-time per frame on this machine, and what a frame with no face costs (the retry always runs there). Writes benchmarks/results/detection.md.
+time per frame on this machine, and what a frame with no face costs (the retry always runs there).
+With --model, also where the end-to-end gap comes from under the runtime's defaults: the faces
+missed, and on the faces found, end-to-end accuracy against the accuracy of their 48x48 crops.
+Writes benchmarks/results/detection.md.
 """
 
 from __future__ import annotations
@@ -81,18 +84,39 @@ def markdown(rows: list[dict], n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def gap_decomposition(model, face_model, faces_gray: np.ndarray, y: np.ndarray) -> str:
+    """One line: where e2e accuracy loses against crop accuracy, with the runtime's default settings."""
+    from feredge.benchmarks.e2e import e2e_crops
+    from feredge.edge.detector import EmotionDetector
+
+    detector = EmotionDetector(model, face_model=face_model)
+    crops = e2e_crops(detector, faces_gray)
+    found = np.array([c is not None for c in crops])
+    on_crop = detector.classifier.predict_faces(list(faces_gray)).argmax(1) == y
+    end_to_end = detector.classifier.predict_faces([c for c in crops if c is not None]).argmax(1) == y[found]
+    pct = lambda a: f"{100 * float(np.mean(a)):.2f} %"  # noqa: E731
+    return (f"{model} ({detector.classifier.format}), {len(y)} PublicTest faces, runtime defaults: crop accuracy "
+            f"{pct(on_crop)}, end to end {100 * end_to_end.sum() / len(y):.2f} %; faces found {pct(found)}; "
+            f"on the found faces {pct(end_to_end)} end to end against {pct(on_crop[found])} on their 48x48 "
+            f"crops; the missed faces' crops were {pct(on_crop[~found])} right.")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--face-model", help="YuNet file (or FEREDGE_FACE_MODEL)")
     p.add_argument("--data", help="FER-2013 zip, folder or csv (default: $FER2013_ZIP or ../shared)")
     p.add_argument("--n", type=int, default=1000, help="PublicTest faces used (default 1000)")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--model", help="also break down the end-to-end gap of this model on the same faces")
     args = p.parse_args(argv)
     from feredge.train.data import default_data_path, load_fer2013
 
-    faces = load_fer2013(args.data or default_data_path())["val"].x[: args.n]
+    val = load_fer2013(args.data or default_data_path())["val"]
+    faces, y = val.x[: args.n], val.y[: args.n]
     scales = sorted({w / 640 * z for w in WIDTHS for z in (1, RETRY_ZOOM)})
     table = markdown(operating_points(detections(faces, args.face_model, scales)), len(faces))
+    if args.model:
+        table += "\n" + gap_decomposition(args.model, args.face_model, faces, y) + "\n"
     Path(args.out).write_text(table)
     print(table)
     return 0

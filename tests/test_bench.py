@@ -111,3 +111,22 @@ def test_pi_estimate_scales_this_machines_figures_by_the_published_yunet_ratio()
     assert f"| tflite_int8 | 1.00 | 10.00–{high:.2f} | {10 / PI5_OVER_PI4:.2f}–{high / PI5_OVER_PI4:.2f} |" in text
     # 10 ms a frame here -> 100-108 ms on a Pi 4 at 1 thread: 9.3-10.0 fps.
     assert f"| --pi, 1 thread | 1 | 100 | {1000 / (10 * high):.1f}–10.0 |" in text
+
+
+def test_detection_operating_points_count_the_retry_only_where_nothing_was_found():
+    from feredge.benchmarks.detection import RETRY_ZOOM, operating_points
+
+    none = np.array([])
+    # Per frame and scale (0.5, 1, 2 for widths 320, 640 and their retries): (face scores, other scores, s).
+    frames = [
+        {0.5: (none, none, 0.001), 1.0: (np.array([0.9]), none, 0.002), 2.0: (np.array([0.95]), none, 0.008)},
+        {0.5: (none, np.array([0.7]), 0.001), 1.0: (none, none, 0.002), 2.0: (np.array([0.65]), np.array([0.5]), 0.008)},
+    ]
+    rows = {(r["detect_width"], r["retry_zoom"], r["score"]): r for r in operating_points(frames)}
+    assert rows[(640, 1, 0.6)]["faces_found_pct"] == 50          # frame 2 missed at 640
+    assert rows[(640, RETRY_ZOOM, 0.6)]["faces_found_pct"] == 100  # ... and found by the retry
+    assert rows[(640, RETRY_ZOOM, 0.7)]["faces_found_pct"] == 50   # 0.65 is under 0.7
+    assert rows[(640, RETRY_ZOOM, 0.4)]["false_per_frame"] == 0.5  # the retry's 0.5 box
+    assert rows[(640, RETRY_ZOOM, 0.6)]["no_face_frame_ms"] == 10.0  # 2 + 8 ms
+    # At 320 frame 2 has a (false) box at 0.7, so no retry runs there and its face stays missed.
+    assert rows[(320, RETRY_ZOOM, 0.6)]["faces_found_pct"] == 50
