@@ -105,10 +105,16 @@ def resolve_source(source) -> tuple[Path, Path | None]:
 def load_keras(path: Path):
     import keras
 
+    from feredge.train.models import dtype_policies, float32_copy
+
     try:
-        return keras.models.load_model(path, compile=False)
+        model = keras.models.load_model(path, compile=False)
     except Exception as e:  # Keras raises several types for a corrupt or foreign file
         raise ExportError(f"{path} is not a loadable Keras model: {str(e).splitlines()[0][:200]}") from None
+    if dtype_policies(model) != {"float32"}:  # half-precision casts would reach TFLite and ONNX
+        log.warning("%s has mixed-precision layers; exporting a float32 copy", path.name)
+        model = float32_copy(model)
+    return model
 
 
 def check_writable(out_dir: Path):

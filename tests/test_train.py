@@ -45,8 +45,31 @@ def test_mixed_precision_run_saves_a_float32_model(tmp_path, mini_data):
     train(tiny_cfg(widths=[4, 8], precision="mixed_bfloat16", mixup=0.4), tmp_path, data=mini_data)
     import keras
 
+    from feredge.train.models import dtype_policies
+
     model = keras.models.load_model(tmp_path / "best.keras", compile=False)
-    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    assert dtype_policies(model) == {"float32"}
+
+
+def test_the_float32_copy_reaches_inside_a_nested_backbone():
+    import keras
+
+    from feredge.train.models import dtype_policies, float32_copy
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:  # a backbone model inside the classifier, as imagenet_backbone builds it
+        inner_in = keras.Input((8, 8, 3))
+        backbone = keras.Model(inner_in, keras.layers.Conv2D(4, 3)(inner_in), name="backbone")
+        outer_in = keras.Input((8, 8, 3))
+        x = keras.layers.GlobalAveragePooling2D()(backbone(outer_in))
+        model = keras.Model(outer_in, keras.layers.Dense(7, dtype="float32")(x))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert "mixed_bfloat16" in dtype_policies(model)
+    copy = float32_copy(model)
+    assert dtype_policies(copy) == {"float32"}
+    x = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 3)).astype("float32")
+    assert np.allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.05)  # same weights
 
 
 def test_resume_continues_where_the_run_stopped(tmp_path, mini_data):

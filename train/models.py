@@ -147,9 +147,19 @@ def float32_copy(model: keras.Model) -> keras.Model:
 
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")  # the input layer takes the global policy
-    try:
-        copy = keras.models.clone_model(model, clone_function=clone)
+    try:  # recursive: the layers inside a nested backbone (ResNet50V2, VGG16) too
+        copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
     finally:
         keras.mixed_precision.set_global_policy(previous)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def dtype_policies(model: keras.Model) -> set[str]:
+    """Every layer's dtype policy, nested models' layers included."""
+    out = set()
+    for layer in model.layers:
+        out.add(layer.dtype_policy.name)
+        if isinstance(layer, keras.Model):
+            out |= dtype_policies(layer)
+    return out
