@@ -129,7 +129,7 @@ class FaceDetector:
         self._haar = cv2.CascadeClassifier(str(haar))
 
     def detect(self, image: np.ndarray) -> list[FaceBox]:
-        h, w = image.shape[:2]
+        w = image.shape[1]
         scale = min(1.0, self.detect_width / float(w)) if self.detect_width else 1.0
         faces = self.detect_at(image, scale)
         retry = min(scale * self.retry_zoom, RETRY_MAX_WIDTH / w)  # a large photo is not blown up further
