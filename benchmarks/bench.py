@@ -107,18 +107,20 @@ def interleaved_latency(jobs, threads, reps: int, rounds: int = 10) -> dict:
     """{(name, format): {"p50_ms_1t": ..., "p90_ms_1t": ..., ...}}: one face at a time, every format
     timed in turn, `rounds` times over, so a slow spell of a shared machine falls on all formats alike
     instead of on whichever happened to run then (seen here: the peer's 1-thread p50 ranged 0.38-0.52
-    ms over three sequential runs). Each turn starts with 3 untimed calls, so thread pools that another
-    runtime left spinning have settled."""
+    ms over three sequential runs). Each turn loads its own classifier and drops it after: several
+    runtimes' thread pools alive at once spin against each other (onnxruntime's did, doubling the
+    2-thread times of the formats timed next to it)."""
     out = {(name, fmt): {} for name, _, fmt in jobs}
     for n in (1, 2, 4):
         if n not in threads:
             continue
-        clfs = {(name, fmt): classifier_factory(d, fmt)(n) for name, d, fmt in jobs}
-        ones = {k: random_pixels(c, 1) for k, c in clfs.items()}
-        samples = {k: [] for k in clfs}
+        samples = {(name, fmt): [] for name, _, fmt in jobs}
         for _ in range(rounds):
-            for k, c in clfs.items():
-                samples[k] += time_calls(lambda: c.predict_pixels(ones[k]), max(1, reps // rounds), warmup=3)
+            for name, d, fmt in jobs:
+                clf = classifier_factory(d, fmt)(n)
+                one = random_pixels(clf, 1)
+                samples[(name, fmt)] += time_calls(lambda: clf.predict_pixels(one), max(1, reps // rounds), warmup=5)
+                del clf
         for k, s in samples.items():
             p50, p90 = percentiles(s)
             out[k][f"p50_ms_{n}t"], out[k][f"p90_ms_{n}t"] = round(p50, 3), round(p90, 3)

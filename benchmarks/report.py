@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 MARKERS = {"models": ("<!-- models-table:start -->", "<!-- models-table:end -->"),
            "bench": ("<!-- bench-table:start -->", "<!-- bench-table:end -->"),
            "pi": ("<!-- pi-estimate:start -->", "<!-- pi-estimate:end -->"),
-           "soak": ("<!-- soak:start -->", "<!-- soak:end -->")}
+           "soak": ("<!-- soak:start -->", "<!-- soak:end -->"),
+           "detection": ("<!-- detection:start -->", "<!-- detection:end -->")}
 
 
 def accuracy_change(entry: dict) -> float:
@@ -75,7 +76,8 @@ def update_readme(readme: Path = REPO / "README.md", models_dir: Path = REPO / "
     text = readme.read_text()
     text = replace_between(text, *MARKERS["models"], models_table(models_dir))
     text = replace_between(text, *MARKERS["bench"], bench_section(results_dir))
-    for key, path in (("pi", results_dir / "pi" / "estimate.md"), ("soak", results_dir / "soak" / "soak.md")):
+    for key, path in (("pi", results_dir / "pi" / "estimate.md"), ("soak", results_dir / "soak" / "soak.md"),
+                      ("detection", results_dir / "detection" / "detection.md")):
         text = replace_between(text, *MARKERS[key], path.read_text().strip() if path.exists() else "_Not measured yet._")
     readme.write_text(text)
     return text
