@@ -14,9 +14,12 @@ def test_readme_tables_come_from_manifests_and_results(tmp_path, tiny_models):
     readme.write_text("intro\n<!-- models-table:start -->\nold\n<!-- models-table:end -->\nmiddle\n"
                       "<!-- bench-table:start -->\nold\n<!-- bench-table:end -->\n"
                       "<!-- pi-estimate:start -->\nold\n<!-- pi-estimate:end -->\n"
-                      "<!-- soak:start -->\nold\n<!-- soak:end -->\nend\n")
+                      "<!-- soak:start -->\nold\n<!-- soak:end -->\n"
+                      "<!-- detection:start -->\nold\n<!-- detection:end -->\nend\n")
     (results / "soak").mkdir()
     (results / "soak" / "soak.md").write_text("Kiosk soak: all bars held.\n")
+    (results / "detection").mkdir()
+    (results / "detection" / "detection.md").write_text("YuNet found them all.\n")
     text = update_readme(readme, models, results)
     m = json.loads((models / "tiny" / "manifest.json").read_text())
     acc = f"{100 * m['formats']['tflite_int8']['accuracy']:.2f} %"
@@ -27,3 +30,4 @@ def test_readme_tables_come_from_manifests_and_results(tmp_path, tiny_models):
     assert text.count("| tiny |") == 1 + len(m["formats"]) + 1  # keras row, one per format, bench row
     assert "old" not in text and text.startswith("intro\n") and text.endswith("end\n") and "### some cpu" in text
     assert "Kiosk soak: all bars held." in text and "_Not measured yet._" in text  # no Pi estimate here
+    assert text.count("YuNet found them all.") == 1  # in its own section, not also in the bench one
