@@ -83,12 +83,14 @@ class Soak:
         self.background = {size: rng.integers(60, 180, (size[1], size[0], 3), dtype=np.uint8) for size in (SIZE, OTHER_SIZE)}
 
     def frame(self, i: int) -> np.ndarray:
-        """The script: a 600-frame cycle of no face, one face crossing, two faces; faults on a schedule."""
+        """The script, the same every cycle: 600-frame scenes of no face, one face crossing, two faces
+        (restarting with each cycle, so every cycle has as many empty frames, which cost the detector's
+        retry); faults on a schedule."""
         if i % 997 == 0:
             return np.zeros((SIZE[1], SIZE[0], 3), np.uint8)  # black frame
         size = OTHER_SIZE if i % self.cycle >= 3 * self.cycle // 4 else SIZE  # the camera switches resolution
         frame = self.background[size].copy()
-        phase = i % 600
+        phase = i % self.cycle % 600
         faces = 0 if phase < 100 else 1 if phase < 400 else 2
         fh, fw = self.face.shape[:2]
         for k in range(faces):
