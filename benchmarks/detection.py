@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from feredge.benchmarks.e2e import FRAME
+
 RESULTS = Path(__file__).resolve().parent / "results" / "detection" / "detection.md"
 WIDTHS = (320, 640)  # detection widths of a 640x480 frame: the --pi preset and the default
 THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8)
@@ -52,10 +54,10 @@ def detections(faces_gray: np.ndarray, face_model, scales, seed: int = 0):
     return out
 
 
-def operating_points(per_frame, frame_width: int = 640) -> list[dict]:
+def operating_points(per_frame) -> list[dict]:
     rows = []
     for width in WIDTHS:
-        base = width / frame_width
+        base = width / FRAME[0]
         for retry in (False, True):
             for th in THRESHOLDS:
                 found, false, times, empty = [], [], [], []
@@ -108,15 +110,14 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="FER-2013 zip, folder or csv (default: $FER2013_ZIP or ../shared)")
     p.add_argument("--n", type=int, default=1000, help="PublicTest faces used, a seeded stratified sample (default 1000; 0: all)")
     p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--model", help="also break down the end-to-end gap of this model on the same faces")
+    p.add_argument("--model", help="also break down this model's end-to-end gap, on all of PublicTest")
     args = p.parse_args(argv)
     from feredge.train.data import default_data_path, load_fer2013
-
     from feredge.train.train import subset
 
     val = load_fer2013(args.data or default_data_path())["val"]
     sample = subset(val, args.n, seed=0)  # stratified
-    scales = sorted({w / 640 * z for w in WIDTHS for z in (1, RETRY_ZOOM)})
+    scales = sorted({w / FRAME[0] * z for w in WIDTHS for z in (1, RETRY_ZOOM)})
     table = markdown(operating_points(detections(sample.x, args.face_model, scales)), len(sample))
     if args.model:  # one pass at the default settings: affordable on every PublicTest face
         table += "\n" + gap_decomposition(args.model, args.face_model, val.x, val.y) + "\n"
