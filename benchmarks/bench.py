@@ -108,8 +108,8 @@ def interleaved_latency(jobs, threads, reps: int, rounds: int = 10) -> dict:
     timed in turn, `rounds` times over, so a slow spell of a shared machine falls on all formats alike
     instead of on whichever happened to run then (seen here: the peer's 1-thread p50 ranged 0.38-0.52
     ms over three sequential runs). Each turn loads its own classifier and drops it after: several
-    runtimes' thread pools alive at once spin against each other (onnxruntime's did, doubling the
-    2-thread times of the formats timed next to it)."""
+    runtimes' thread pools alive at once spin against each other (onnxruntime's did, nearly doubling
+    the 2-thread times of the formats timed next to it)."""
     out = {(name, fmt): {} for name, _, fmt in jobs}
     for n in (1, 2, 4):
         if n not in threads:

@@ -2,8 +2,8 @@
 student learns from a trained teacher's softened probabilities as well as from the labels.
 
 The teacher runs inside the training model on the same augmented batch as the student
-(`augment.training_model(student, cfg, teacher)`), and the two outputs travel concatenated to the loss, so plain `fit()` does the rest (any backend). Only the
-student is saved and exported.
+(`augment.training_model(student, cfg, teacher)`), and the two outputs travel concatenated to the
+loss, so plain `fit()` does the rest (any backend). Only the student is saved and exported.
 """
 
 from __future__ import annotations
