@@ -281,3 +281,21 @@ def test_a_distilled_run_saves_the_student_alone(tmp_path, mini_data):
     assert student.output_shape == (None, 7) and student.get_layer("s2b_conv").filters == 6
     with pytest.raises(FileNotFoundError, match="teacher"):
         train(tiny_cfg(widths=[4, 6], teacher=str(tmp_path / "missing.keras")), tmp_path / "bad", data=mini_data)
+
+
+def test_a_teacher_of_another_input_size_and_channels_sees_the_students_pixels():
+    import keras
+
+    from feredge.train.augment import training_model
+
+    # A stand-in teacher at 64 px RGB that reports its input's mean and size, so the test can see what it got.
+    pixels = keras.Input((64, 64, 3))
+    teacher = keras.Model(pixels, keras.layers.Dense(7, kernel_initializer="ones", use_bias=False)(
+        keras.layers.GlobalAveragePooling2D()(pixels)))
+    student = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Flatten(), keras.layers.Dense(7)])
+    fit_model = training_model(student, {"flip": False}, teacher)
+    faces = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 1)).astype("float32")
+    out = keras.ops.convert_to_numpy(fit_model(faces, training=False))
+    assert out.shape == (2, 14)
+    # Each teacher output is 3 x the mean of the resized grey face (bilinear keeps the mean to within a little).
+    np.testing.assert_allclose(out[:, 7], 3 * faces.mean(axis=(1, 2, 3)), rtol=0.02)

@@ -42,5 +42,17 @@ def training_model(model: keras.Model, cfg: dict, teacher: keras.Model | None = 
         x = layer(x)
     if teacher is None:
         return keras.Model(inputs, model(x), name=f"{model.name}_train")
-    both = layers.Concatenate(dtype="float32", name="student_teacher")([model(x), teacher(x, training=False)])
+    both = layers.Concatenate(dtype="float32", name="student_teacher")(
+        [model(x), teacher(teacher_view(x, teacher), training=False)])
     return keras.Model(inputs, both, name=f"{model.name}_distill")
+
+
+def teacher_view(x, teacher: keras.Model):
+    """The student's pixels as the teacher takes them: resized (bilinear, as preprocess_faces enlarges)
+    and the grey plane replicated, so a 64 px ResNet50V2 can teach a 48 px grey custom CNN."""
+    size, channels = teacher.input_shape[1], teacher.input_shape[3]
+    if x.shape[1] != size:
+        x = layers.Resizing(size, size, interpolation="bilinear", name="teacher_resize")(x)
+    if x.shape[3] != channels:
+        x = layers.Concatenate(name="teacher_channels")([x] * channels)
+    return x
