@@ -7,7 +7,7 @@ Each PublicTest face (the selection split; the e2e benchmark reports PrivateTest
 640x480 frame exactly as in benchmarks/e2e.py. For each detection width, with and without the retry
 (when nothing scores above the threshold, detect again with the frame enlarged 2x, as
 edge/faces.py does), and each score threshold: the share of faces found (a box overlapping the true
-face by IoU >= 0.3), false detections per frame (boxes overlapping nothing), the median detection
+face by IoU >= 0.3, e2e.MIN_IOU), false detections per frame (boxes overlapping nothing), the median detection
 time per frame on this machine, and what a frame with no face costs (the retry always runs there).
 With --model, also where the end-to-end gap comes from under the runtime's defaults (on all of
 PublicTest): the faces missed, and on the faces found, end-to-end accuracy against the accuracy of
@@ -34,20 +34,19 @@ RETRY_ZOOM = 2.0
 
 def detections(faces_gray: np.ndarray, face_model, scales, seed: int = 0):
     """Per frame and scale: (scores of boxes on the face, scores of the other boxes, seconds)."""
-    from feredge.benchmarks.e2e import composite
+    from feredge.benchmarks.e2e import MIN_IOU, composites
     from feredge.edge.faces import FaceDetector
     from feredge.edge.tracking import iou
 
     detector = FaceDetector(face_model, score_threshold=min(THRESHOLDS), detect_width=0, retry_zoom=1)
     out = []
-    for i, face in enumerate(faces_gray):
-        frame, truth = composite(face, seed * 1_000_003 + i)
+    for frame, truth in composites(faces_gray, seed):
         per_scale = {}
         for s in scales:
             t0 = time.perf_counter()
             found = detector.detect_at(frame, s)
             dt = time.perf_counter() - t0
-            hit = [iou(f.box, truth) >= 0.3 for f in found]
+            hit = [iou(f.box, truth) >= MIN_IOU for f in found]
             per_scale[s] = (np.array([f.score for f, h in zip(found, hit) if h]),
                             np.array([f.score for f, h in zip(found, hit) if not h]), dt)
         out.append(per_scale)

@@ -18,6 +18,7 @@ from feredge.edge.tracking import iou
 
 FRAME = (640, 480)
 FACE_SIDE = (64, 200)
+MIN_IOU = 0.3  # a detection overlapping the true face square this much has found it
 
 
 def composite(face_gray: np.ndarray, seed: int, frame_size=FRAME):
@@ -55,15 +56,20 @@ def composite(face_gray: np.ndarray, seed: int, frame_size=FRAME):
     return np.clip(frame, 0, 255).astype(np.uint8), (x + pad, y + pad, side, side)
 
 
-def e2e_faces(face_detector, faces_gray: np.ndarray, seed: int = 0, min_iou: float = 0.3):
-    """Per face: (its composited frame, the detection overlapping it best, or None where no detection
-    overlaps it by min_iou). face_detector: anything with detect_faces(frame) or detect(frame)."""
-    detect = getattr(face_detector, "detect_faces", None) or face_detector.detect
+def composites(faces_gray: np.ndarray, seed: int = 0):
+    """(frame, true face square) per face, each seeded by the run's seed and the face's index."""
     for i, face in enumerate(faces_gray):
-        frame, truth = composite(face, seed * 1_000_003 + i)
+        yield composite(face, seed * 1_000_003 + i)
+
+
+def e2e_faces(face_detector, faces_gray: np.ndarray, seed: int = 0):
+    """Per face: (its composited frame, the detection overlapping it best, or None where no detection
+    overlaps it by MIN_IOU). face_detector: anything with detect_faces(frame) or detect(frame)."""
+    detect = getattr(face_detector, "detect_faces", None) or face_detector.detect
+    for frame, truth in composites(faces_gray, seed):
         found = detect(frame)
         overlaps = [iou(f.box, truth) for f in found]
-        yield frame, (found[int(np.argmax(overlaps))] if overlaps and max(overlaps) >= min_iou else None)
+        yield frame, (found[int(np.argmax(overlaps))] if overlaps and max(overlaps) >= MIN_IOU else None)
 
 
 def e2e_crops(detector, faces_gray: np.ndarray, seed: int = 0) -> list:
