@@ -299,3 +299,21 @@ def test_a_teacher_of_another_input_size_and_channels_sees_the_students_pixels()
     assert out.shape == (2, 14)
     # Each teacher output is 3 x the mean of the resized grey face (bilinear keeps the mean to within a little).
     np.testing.assert_allclose(out[:, 7], 3 * faces.mean(axis=(1, 2, 3)), rtol=0.02)
+
+
+def test_the_flip_averaged_teacher_sees_the_face_and_its_mirror():
+    import keras
+
+    from feredge.train.augment import training_model
+
+    # A stand-in teacher whose output is the sum of the left half of the face: not mirror-invariant.
+    left = np.zeros((8, 8, 1, 7), "float32")
+    left[:, :4] = 1
+    teacher = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(7, use_bias=False)])
+    teacher.set_weights([left.reshape(64, 7)])
+    student = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(7)])
+    faces = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 1)).astype("float32")
+    plain = keras.ops.convert_to_numpy(training_model(student, {"flip": False}, teacher)(faces))
+    flipped = keras.ops.convert_to_numpy(training_model(student, {"flip": False}, teacher, teacher_flip=True)(faces))
+    np.testing.assert_allclose(plain[:, 7], faces[:, :, :4].sum(axis=(1, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(flipped[:, 7], faces.sum(axis=(1, 2, 3)) / 2, rtol=1e-5)

@@ -6,7 +6,7 @@ The wrapper is used for fit() only; the inference model inside it is what gets s
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 
 def augmentation_layers(cfg: dict) -> list:
@@ -30,9 +30,11 @@ def augmentation_layers(cfg: dict) -> list:
     return out
 
 
-def training_model(model: keras.Model, cfg: dict, teacher: keras.Model | None = None) -> keras.Model:
+def training_model(model: keras.Model, cfg: dict, teacher: keras.Model | None = None,
+                   teacher_flip: bool = False) -> keras.Model:
     """model preceded by the augmentation layers (active only when training=True). With a teacher
-    (train/distill.py) the output is [model probs | teacher probs], both on the same augmented pixels."""
+    (train/distill.py) the output is [model probs | teacher probs], both on the same augmented pixels;
+    teacher_flip averages the teacher's probabilities over the pixels and their mirror image."""
     aug = augmentation_layers(cfg)
     if not aug and teacher is None:
         return model
@@ -42,8 +44,12 @@ def training_model(model: keras.Model, cfg: dict, teacher: keras.Model | None = 
         x = layer(x)
     if teacher is None:
         return keras.Model(inputs, model(x), name=f"{model.name}_train")
-    both = layers.Concatenate(dtype="float32", name="student_teacher")(
-        [model(x), teacher(teacher_view(x, teacher), training=False)])
+    seen = teacher_view(x, teacher)
+    taught = teacher(seen, training=False)
+    if teacher_flip:
+        mirrored = layers.Lambda(lambda t: ops.flip(t, axis=2), name="teacher_mirror")(seen)
+        taught = layers.Average(name="teacher_flip_tta")([taught, teacher(mirrored, training=False)])
+    both = layers.Concatenate(dtype="float32", name="student_teacher")([model(x), taught])
     return keras.Model(inputs, both, name=f"{model.name}_distill")
 
 
