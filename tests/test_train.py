@@ -250,6 +250,27 @@ def test_a_run_can_start_from_a_slimmed_model(tmp_path, mini_data):
     assert model.get_layer("s2b_conv").filters == 6
 
 
+def test_a_run_can_go_on_at_another_input_size_from_a_trained_model(tmp_path):
+    import keras
+
+    from feredge.train.models import custom_cnn, start_from
+
+    source = custom_cnn(48, widths=(4, 6))
+    rng = np.random.default_rng(0)
+    source.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in source.get_weights()])
+    path = tmp_path / "source.keras"
+    source.save(path)
+    bigger = start_from(path, "custom_cnn", 64, widths=(4, 6))
+    assert bigger.input_shape == (None, 64, 64, 1)
+    for theirs, ours in zip(source.get_weights(), bigger.get_weights()):
+        np.testing.assert_array_equal(theirs, ours)
+    assert start_from(path, "custom_cnn", 48, widths=(2, 3)).get_layer("s2b_conv").filters == 3  # slimmed
+    with pytest.raises(ValueError, match="init_from must be a resnet50v2"):
+        start_from(source, "resnet50v2", 64)
+    with pytest.raises(FileNotFoundError):
+        start_from(tmp_path / "missing.keras", "custom_cnn", 48)
+
+
 def test_distillation_loss_follows_the_teacher_and_the_labels():
     from keras import ops
 
@@ -299,6 +320,15 @@ def test_a_teacher_of_another_input_size_and_channels_sees_the_students_pixels()
     assert out.shape == (2, 14)
     # Each teacher output is 3 x the mean of the resized grey face (bilinear keeps the mean to within a little).
     np.testing.assert_allclose(out[:, 7], 3 * faces.mean(axis=(1, 2, 3)), rtol=0.02)
+
+    # And the other way: a 48 px grey teacher for a 64 px RGB student sees one plane at its own size.
+    pixels = keras.Input((48, 48, 1))
+    grey_teacher = keras.Model(pixels, keras.layers.Dense(7, kernel_initializer="ones", use_bias=False)(
+        keras.layers.GlobalAveragePooling2D()(pixels)))
+    rgb_student = keras.Sequential([keras.Input((64, 64, 3)), keras.layers.Flatten(), keras.layers.Dense(7)])
+    rgb_faces = np.repeat(np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 1)), 3, axis=-1).astype("float32")
+    out = keras.ops.convert_to_numpy(training_model(rgb_student, {"flip": False}, grey_teacher)(rgb_faces))
+    np.testing.assert_allclose(out[:, 7], rgb_faces.mean(axis=(1, 2, 3)), rtol=0.02)
 
 
 def test_the_flip_averaged_teacher_sees_the_face_and_its_mirror():

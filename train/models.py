@@ -58,6 +58,33 @@ def custom_cnn(input_size: int = 48, widths=(32, 64, 128, 256), dropout: float =
     return keras.Model(inputs, outputs, name="custom_cnn")
 
 
+def start_from(source, arch: str, input_size: int, widths=(32, 64, 128, 256), dropout: float = 0.4) -> keras.Model:
+    """A model initialised from a trained one (the `init_from` config key): the same architecture takes
+    its weights at any input size (all three are convolutional up to global pooling, so a 64 px run can
+    go on at 96 px); a custom CNN of smaller `widths` is slimmed from a wider one (slim_custom_cnn)."""
+    source = _load_source(source)
+    if arch == "custom_cnn" and source.name == "custom_cnn":
+        old_widths = tuple(layer.filters for layer in source.layers if layer.name.endswith("a_conv"))
+        if old_widths != tuple(widths):
+            return slim_custom_cnn(source, widths, dropout)
+    model = build_model(arch, input_size, None, dropout, tuple(widths))
+    theirs, ours = [w.shape for w in source.weights], [w.shape for w in model.weights]
+    if source.name != model.name or theirs != ours:
+        raise ValueError(f"init_from must be a {arch} like this run's (or, for custom_cnn, a wider one); got {source.name}")
+    model.set_weights(source.get_weights())
+    log.info("%s at %d px: weights from %s (trained at %d px)", arch, input_size, source.name, source.input_shape[1])
+    return model
+
+
+def _load_source(source) -> keras.Model:
+    if isinstance(source, keras.Model):
+        return source
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"init_from model not found: {path}")
+    return keras.models.load_model(path, compile=False)
+
+
 def slim_custom_cnn(source, widths, dropout: float = 0.4) -> keras.Model:
     """A narrower custom CNN initialised from a trained one (network slimming, Liu et al. 2017):
     every conv layer keeps the output channels with the largest BatchNorm scale |gamma|, and the
@@ -67,11 +94,7 @@ def slim_custom_cnn(source, widths, dropout: float = 0.4) -> keras.Model:
     source: a custom_cnn keras.Model or the path of one; widths: the new stage widths, each no wider
     than the source's.
     """
-    if not isinstance(source, keras.Model):
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"init_from model not found: {path}")
-        source = keras.models.load_model(path, compile=False)
+    source = _load_source(source)
     old_widths = [layer.filters for layer in source.layers if layer.name.endswith("a_conv")]  # one per stage
     if len(old_widths) != len(widths) or any(new > old for new, old in zip(widths, old_widths)):
         raise ValueError(f"init_from must be a custom_cnn at least as wide as {list(widths)}; got {source.name} {old_widths}")
@@ -115,7 +138,9 @@ def load_imagenet_weights(backbone: keras.Model, arch: str, weights) -> str:
     Falls back to random initialisation, loudly, when "imagenet" weights are neither cached nor
     downloadable; a local file that does not fit is an error.
     """
-    if weights is None or weights == "none":
+    if weights is None:  # not asked for: the caller sets the weights (init_from)
+        return "scratch"
+    if weights == "none":
         log.warning("%s: training from scratch (no ImageNet weights requested)", arch)
         return "scratch"
     if weights != "imagenet":

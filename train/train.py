@@ -29,7 +29,7 @@ DEFAULTS = {
     "input_size": 48,
     "weights": "imagenet",        # ImageNet backbones: "imagenet", a local weights file, or "none"
     "widths": [32, 64, 128, 256],  # custom CNN stage widths
-    "init_from": "",              # custom CNN: a trained, wider custom CNN (.keras) to slim to `widths`
+    "init_from": "",              # a trained .keras to start from: same arch (any input size) or a wider custom CNN to slim
     "teacher": "",                # a trained model (.keras) to distil from (train/distill.py); empty: none
     "distill_weight": 0.8,        # share of the loss that follows the teacher
     "distill_temperature": 3.0,
@@ -272,7 +272,7 @@ def _train(cfg: dict, run_dir: Path, data) -> dict:
     with distribution(cfg["data_parallel"]) as how:
         log.info("distribution: %s", how)
         if cfg["init_from"]:
-            model = models.slim_custom_cnn(cfg["init_from"], tuple(cfg["widths"]), cfg["dropout"])
+            model = models.start_from(cfg["init_from"], cfg["arch"], cfg["input_size"], cfg["widths"], cfg["dropout"])
         else:
             model = models.build_model(cfg["arch"], cfg["input_size"], cfg["weights"], cfg["dropout"], tuple(cfg["widths"]))
         if cfg["teacher"]:
