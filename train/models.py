@@ -26,7 +26,7 @@ INPUT_CHANNELS = {"custom_cnn": 1, "resnet50v2": 3, "vgg16": 3}
 def build_model(arch: str, input_size: int = 48, weights: str | None = None, dropout: float = 0.4,
                 widths=(32, 64, 128, 256)) -> keras.Model:
     """weights: for the ImageNet backbones, "imagenet" (Keras cache or download), a local .h5/.weights
-    file, or None for random initialisation. Ignored by the custom CNN."""
+    file, or None for random initialisation (said in the log only when asked for as "none"). Ignored by the custom CNN."""
     if arch == "custom_cnn":
         return custom_cnn(input_size, widths=widths, dropout=dropout)
     if arch in ("resnet50v2", "vgg16"):
@@ -63,10 +63,8 @@ def start_from(source, arch: str, input_size: int, widths=(32, 64, 128, 256), dr
     its weights at any input size (all three are convolutional up to global pooling, so a 64 px run can
     go on at 96 px); a custom CNN of smaller `widths` is slimmed from a wider one (slim_custom_cnn)."""
     source = _load_source(source)
-    if arch == "custom_cnn" and source.name == "custom_cnn":
-        old_widths = tuple(layer.filters for layer in source.layers if layer.name.endswith("a_conv"))
-        if old_widths != tuple(widths):
-            return slim_custom_cnn(source, widths, dropout)
+    if arch == "custom_cnn" and source.name == "custom_cnn" and stage_widths(source) != list(widths):
+        return slim_custom_cnn(source, widths, dropout)
     model = build_model(arch, input_size, None, dropout, tuple(widths))
     theirs, ours = [w.shape for w in source.weights], [w.shape for w in model.weights]
     if source.name != model.name or theirs != ours:
@@ -74,6 +72,11 @@ def start_from(source, arch: str, input_size: int, widths=(32, 64, 128, 256), dr
     model.set_weights(source.get_weights())
     log.info("%s at %d px: weights from %s (trained at %d px)", arch, input_size, source.name, source.input_shape[1])
     return model
+
+
+def stage_widths(model: keras.Model) -> list[int]:
+    """A custom CNN's widths, one per stage."""
+    return [layer.filters for layer in model.layers if layer.name.endswith("a_conv")]
 
 
 def _load_source(source) -> keras.Model:
@@ -95,7 +98,7 @@ def slim_custom_cnn(source, widths, dropout: float = 0.4) -> keras.Model:
     than the source's.
     """
     source = _load_source(source)
-    old_widths = [layer.filters for layer in source.layers if layer.name.endswith("a_conv")]  # one per stage
+    old_widths = stage_widths(source)
     if len(old_widths) != len(widths) or any(new > old for new, old in zip(widths, old_widths)):
         raise ValueError(f"init_from must be a custom_cnn at least as wide as {list(widths)}; got {source.name} {old_widths}")
     model = custom_cnn(source.input_shape[1], widths=widths, dropout=dropout)
