@@ -26,7 +26,8 @@ INPUT_CHANNELS = {"custom_cnn": 1, "resnet50v2": 3, "vgg16": 3}
 def build_model(arch: str, input_size: int = 48, weights: str | None = None, dropout: float = 0.4,
                 widths=(32, 64, 128, 256)) -> keras.Model:
     """weights: for the ImageNet backbones, "imagenet" (Keras cache or download), a local .h5/.weights
-    file, or None for random initialisation (said in the log only when asked for as "none"). Ignored by the custom CNN."""
+    file, or None for random initialisation (logged only when asked for as "none").
+    Ignored by the custom CNN."""
     if arch == "custom_cnn":
         return custom_cnn(input_size, widths=widths, dropout=dropout)
     if arch in ("resnet50v2", "vgg16"):
