@@ -60,8 +60,8 @@ def teacher_view(x, teacher: keras.Model):
     size, channels = teacher.input_shape[1], teacher.input_shape[3]
     if x.shape[1] != size:
         x = layers.Resizing(size, size, interpolation="bilinear", name="teacher_resize")(x)
-    if x.shape[3] == 1 and channels != 1:
+    if x.shape[3] == 1 and channels > 1:
         x = layers.Concatenate(name="teacher_channels")([x] * channels)
-    elif x.shape[3] != channels and channels == 1:
+    elif x.shape[3] > 1 and channels == 1:
         x = layers.Lambda(lambda t: ops.mean(t, axis=-1, keepdims=True), name="teacher_grey")(x)
     return x

@@ -65,7 +65,7 @@ def start_from(source, arch: str, input_size: int, widths=(32, 64, 128, 256), dr
     go on at 96 px); a custom CNN of smaller `widths` is slimmed from a wider one (slim_custom_cnn)."""
     source = _load_source(source)
     if arch == "custom_cnn" and source.name == "custom_cnn" and stage_widths(source) != list(widths):
-        return slim_custom_cnn(source, widths, dropout)
+        return slim_custom_cnn(source, widths, dropout, input_size)
     model = build_model(arch, input_size, None, dropout, tuple(widths))
     theirs, ours = [w.shape for w in source.weights], [w.shape for w in model.weights]
     if source.name != model.name or theirs != ours:
@@ -89,20 +89,20 @@ def _load_source(source) -> keras.Model:
     return keras.models.load_model(path, compile=False)
 
 
-def slim_custom_cnn(source, widths, dropout: float = 0.4) -> keras.Model:
+def slim_custom_cnn(source, widths, dropout: float = 0.4, input_size: int | None = None) -> keras.Model:
     """A narrower custom CNN initialised from a trained one (network slimming, Liu et al. 2017):
     every conv layer keeps the output channels with the largest BatchNorm scale |gamma|, and the
     next layer keeps the matching input channels. It is a starting point for fine-tuning, not a
     compressed model: slimming the shipped run to 16-48-112-224 left 18.8 % PublicTest until retrained.
 
     source: a custom_cnn keras.Model or the path of one; widths: the new stage widths, each no wider
-    than the source's.
+    than the source's; input_size: the new model's (default: the source's).
     """
     source = _load_source(source)
     old_widths = stage_widths(source)
     if len(old_widths) != len(widths) or any(new > old for new, old in zip(widths, old_widths)):
         raise ValueError(f"init_from must be a custom_cnn at least as wide as {list(widths)}; got {source.name} {old_widths}")
-    model = custom_cnn(source.input_shape[1], widths=widths, dropout=dropout)
+    model = custom_cnn(input_size or source.input_shape[1], widths=widths, dropout=dropout)
     kept_in = np.arange(1)  # the grey input plane
     for stage, width in enumerate(widths, start=1):
         for part in "ab":
