@@ -347,3 +347,19 @@ def test_the_flip_averaged_teacher_sees_the_face_and_its_mirror():
     flipped = keras.ops.convert_to_numpy(training_model(student, {"flip": False}, teacher, teacher_flip=True)(faces))
     np.testing.assert_allclose(plain[:, 7], faces[:, :, :4].sum(axis=(1, 2, 3)), rtol=1e-5)
     np.testing.assert_allclose(flipped[:, 7], faces.sum(axis=(1, 2, 3)) / 2, rtol=1e-5)
+
+
+def test_an_ema_run_saves_the_averaged_weights(tmp_path, mini_data, tiny_run):
+    """With a momentum near 1 the average stays by the first step's weights, so an EMA run's saved model
+    stays near where it started while a plain run's moves on."""
+    import keras
+
+    start = str(tiny_run / "best.keras")
+    kernel = lambda path: keras.models.load_model(path, compile=False).get_layer("s2b_conv").get_weights()[0]  # noqa: E731
+    moved = {}
+    for ema in (0.0, 0.99999):
+        run = tmp_path / f"ema{ema}"
+        train(tiny_cfg(widths=[8, 16], init_from=start, epochs=2, learning_rate=1e-2, ema=ema,
+                       max_train_samples=0, max_eval_samples=0), run, data=mini_data)
+        moved[ema] = float(np.abs(kernel(run / "best.keras") - kernel(start)).mean())
+    assert moved[0.99999] < 0.5 * moved[0.0], moved  # about one step of 22 against all of them

@@ -46,6 +46,8 @@ DEFAULTS = {
     "label_smoothing": 0.1,
     "class_weight": "balanced",   # balanced | sqrt (square root of balanced) | none
     "mixup": 0.0,                 # Beta(a, a) mixup on a fraction of batches; 0 disables
+    "ema": 0.0,                   # momentum of an exponential moving average of the weights, validated
+                                  # and saved in their place (Keras's use_ema); 0 disables
     "precision": "float32",       # float32 | mixed_bfloat16 | mixed_float16
     "patience": 0,                # early stopping on val accuracy; 0 disables
     "seed": 0,
@@ -291,6 +293,8 @@ def _train(cfg: dict, run_dir: Path, data) -> dict:
             keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
             save_best_callback(model, run_dir / "best.keras", best_so_far(run_dir / "history.csv")),
         ]
+        if cfg["ema"]:  # after the backup (which keeps the raw weights), before saving the best (the averaged ones)
+            callbacks.insert(2, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
         if cfg["patience"]:
             callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg["patience"], mode="max"))
         val_x = preprocess_faces(val_split.x, cfg["input_size"], channels)
@@ -320,8 +324,9 @@ def make_optimizer(cfg: dict, steps_per_epoch: int):
         lr = cfg["learning_rate"]
     else:
         raise ValueError(f"schedule must be cosine or constant, got '{cfg['schedule']}'")
+    ema = {"use_ema": True, "ema_momentum": cfg["ema"]} if cfg["ema"] else {}
     if cfg["optimizer"] == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=cfg["weight_decay"])
+        return keras.optimizers.AdamW(lr, weight_decay=cfg["weight_decay"], **ema)
     if cfg["optimizer"] == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=cfg["weight_decay"])
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=cfg["weight_decay"], **ema)
     raise ValueError(f"optimizer must be adamw or sgd, got '{cfg['optimizer']}'")
