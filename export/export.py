@@ -25,6 +25,7 @@ import logging
 import platform
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,10 +154,12 @@ def to_tflite(saved_model_dir: Path, mode: str, calib_pixels: np.ndarray | None)
         # argmax flips against Keras; a float head costs a 256x7 matrix product. TFLite's selective
         # quantization (the quantization debugger's denylist) is the documented way to keep ops float;
         # its model takes and returns float32 (quantized on entry), whatever inference_*_type says.
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=conv, debug_dataset=conv.representative_dataset,
-            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=INT8_FLOAT_OPS))
-        return debugger.get_nondebug_quantized_model()
+        with warnings.catch_warnings():  # TF's own calibrator builds tf.lite.Interpreter, which warns it is deprecated
+            warnings.filterwarnings("ignore", r"\s*Warning: tf.lite.Interpreter is deprecated", UserWarning)
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=conv, debug_dataset=conv.representative_dataset,
+                debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=INT8_FLOAT_OPS))
+            return debugger.get_nondebug_quantized_model()
     return conv.convert()
 
 

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -132,3 +133,10 @@ def test_int8_formats_quantize_the_body_and_keep_the_head_float(tiny_models):
     weights_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and any(o in head_inputs for o in n.output)
                   and n.input[0] in {t.name for t in graph.initializer}]
     assert head_inputs and not weights_dq and dequantized  # the head's weights are not quantized
+
+
+def test_int8_export_shows_no_tensorflow_deprecation_warning(tmp_path, tiny_run, mini_data):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_model(tiny_run, tmp_path, formats="tflite_int8", data=mini_data, calib_n=20, progress=False)
+    assert not [w for w in caught if "Interpreter is deprecated" in str(w.message)]
