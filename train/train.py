@@ -291,10 +291,10 @@ def _train(cfg: dict, run_dir: Path, data) -> dict:
             # Kept after a finished run too, so that a larger --epochs extends the run where it stopped.
             keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),
             keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-            save_best_callback(model, run_dir / "best.keras", best_so_far(run_dir / "history.csv")),
         ]
         if cfg["ema"]:  # after the backup (which keeps the raw weights), before saving the best (the averaged ones)
-            callbacks.insert(2, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+            callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        callbacks.append(save_best_callback(model, run_dir / "best.keras", best_so_far(run_dir / "history.csv")))
         if cfg["patience"]:
             callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg["patience"], mode="max"))
         val_x = preprocess_faces(val_split.x, cfg["input_size"], channels)
