@@ -331,6 +331,35 @@ def test_a_teacher_of_another_input_size_and_channels_sees_the_students_pixels()
     np.testing.assert_allclose(out[:, 7], rgb_faces.mean(axis=(1, 2, 3)), rtol=0.02)
 
 
+def test_several_teachers_teach_the_geometric_mean_of_their_probabilities(tmp_path):
+    import keras
+
+    from feredge.train.distill import load_teacher
+
+    # Two stand-in teachers whose probabilities follow their input's mean: one at the student's 8 px grey,
+    # one at 16 px RGB (so it sees the face resized and replicated; bilinear keeps the mean).
+    def stand_in(shape, scale, path):
+        pixels = keras.Input(shape)
+        mean = keras.layers.GlobalAveragePooling2D()(pixels)
+        dense = keras.layers.Dense(7, activation="softmax", kernel_initializer=keras.initializers.Constant(scale))
+        keras.Model(pixels, dense(keras.layers.Dense(1, kernel_initializer="ones", use_bias=False)(mean))).save(path)
+
+    scales = [[0.0, 0.01, 0.02, 0.03, 0.0, 0.0, 0.0], [0.03, 0.0, 0.0, 0.0, 0.02, 0.01, 0.0]]
+    for i, shape in enumerate([(8, 8, 1), (16, 16, 3)]):
+        stand_in(shape, scales[i], tmp_path / f"t{i}.keras")
+    ensemble = load_teacher(f"{tmp_path / 't0.keras'}, {tmp_path / 't1.keras'}", (8, 8, 1))
+    faces = np.random.default_rng(0).uniform(0, 100, (3, 8, 8, 1)).astype("float32")
+    got = keras.ops.convert_to_numpy(ensemble(faces))
+
+    mean = faces.mean(axis=(1, 2, 3))[:, None]
+    logits = [mean * np.array(scales[0]), 3 * mean * np.array(scales[1])]  # the RGB one sums three planes
+    log_probs = [z - np.log(np.exp(z).sum(1, keepdims=True)) for z in logits]
+    expected = np.exp((log_probs[0] + log_probs[1]) / 2)
+    np.testing.assert_allclose(got, expected / expected.sum(1, keepdims=True), rtol=0.02)
+    with pytest.raises(FileNotFoundError, match="teacher"):
+        load_teacher(f"{tmp_path / 't0.keras'},{tmp_path / 'missing.keras'}", (8, 8, 1))
+
+
 def test_the_flip_averaged_teacher_sees_the_face_and_its_mirror():
     import keras
 

