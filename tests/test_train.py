@@ -392,3 +392,30 @@ def test_an_ema_run_saves_the_averaged_weights(tmp_path, mini_data, tiny_run):
                        max_train_samples=0, max_eval_samples=0), run, data=mini_data)
         moved[ema] = float(np.abs(kernel(run / "best.keras") - kernel(start)).mean())
     assert moved[0.99999] < 0.5 * moved[0.0], moved  # about one step of 22 against all of them
+
+
+def test_several_models_evaluate_as_the_geometric_mean_of_their_probabilities(tmp_path, mini_data, tiny_run):
+    import keras
+
+    from feredge.train.evaluate import classification_metrics, evaluate_and_report, geometric_mean, predict_split, predictor
+
+    # A second member of another input size and channel count, so each member's own preprocessing counts.
+    other = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(7, activation="softmax", kernel_initializer=keras.initializers.RandomNormal(0, 0.01, seed=1))])
+    other.save(tmp_path / "other.keras")
+    paths = [str(tiny_run / "best.keras"), str(tmp_path / "other.keras")]
+
+    def probs(path):
+        fn, size, channels = predictor(path)
+        return predict_split(fn, mini_data["val"].x, size, channels, tta=False)
+
+    members = [probs(p) for p in paths]
+    np.testing.assert_allclose(geometric_mean(members).sum(1), 1, rtol=1e-5)
+    y = mini_data["val"].y
+    expected = classification_metrics(y, np.argmax(np.log(members[0] + 1e-7) + np.log(members[1] + 1e-7), axis=1))
+    assert expected["confusion_matrix"] != classification_metrics(y, members[0].argmax(1))["confusion_matrix"]
+
+    metrics = evaluate_and_report(",".join(paths), mini_data, tmp_path / "eval", splits=("val",))
+    assert metrics["val"]["confusion_matrix"] == expected["confusion_matrix"]
+    with pytest.raises(FileNotFoundError, match="model not found"):
+        evaluate_and_report(f"{paths[0]},{tmp_path / 'missing.keras'}", mini_data, tmp_path / "eval", splits=("val",))

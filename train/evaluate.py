@@ -95,6 +95,8 @@ def plot_history(history_csv: Path, path: Path):
 def predictor(model_path: Path):
     """(predict_fn(pixels) -> probabilities, input_size, channels) for a .keras, .tflite or .onnx file."""
     model_path = Path(model_path)
+    if not model_path.exists():
+        raise FileNotFoundError(f"model not found: {model_path}")
     if model_path.suffix == ".keras":
         import keras
 
@@ -105,6 +107,21 @@ def predictor(model_path: Path):
 
     clf = EmotionClassifier(model_path)
     return clf.predict_pixels, clf.input_size, clf.channels
+
+
+def model_paths(spec) -> list[str]:
+    """Several models named at once, separated by commas, act as one ensemble."""
+    return [p.strip() for p in str(spec).split(",") if p.strip()]
+
+
+def geometric_mean(probs: list) -> np.ndarray:
+    """An ensemble's probabilities: the normalised geometric mean of its members' (a member sure that a
+    class is wrong vetoes it, which an arithmetic mean would not)."""
+    if len(probs) == 1:
+        return probs[0]
+    log_mean = np.mean([np.log(p + 1e-7) for p in probs], axis=0)
+    e = np.exp(log_mean - log_mean.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def predict_split(predict_fn, x_gray, size, channels, tta: bool, batch: int = 512):
@@ -121,17 +138,22 @@ def predict_split(predict_fn, x_gray, size, channels, tta: bool, batch: int = 51
 
 
 def evaluate_and_report(model_path, data, out_dir, splits=("test",), tta=False, max_samples=0, seed=0) -> dict:
-    """Evaluate model_path on the given splits; write metrics.json, confusion matrices, curves."""
+    """Evaluate model_path (or several, comma-separated: their geometric mean) on the given splits; write
+    metrics.json, confusion matrices, curves."""
     from feredge.train.train import subset
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    predict_fn, size, channels = predictor(model_path)
+    members = [predictor(p) for p in model_paths(model_path)]
+
+    def predict(x_gray, tta):
+        return geometric_mean([predict_split(fn, x_gray, size, channels, tta) for fn, size, channels in members])
+
     names = {"val": "PublicTest", "test": "PrivateTest", "train": "Training"}
     results = {"model": str(model_path)}
     for split in splits:
         part = subset(data[split], max_samples, seed)
-        probs = predict_split(predict_fn, part.x, size, channels, tta=False)
+        probs = predict(part.x, tta=False)
         m = classification_metrics(part.y, probs.argmax(1))
         results[split] = m
         (out_dir / f"confusion_{split}.json").write_text(json.dumps(
@@ -139,7 +161,7 @@ def evaluate_and_report(model_path, data, out_dir, splits=("test",), tta=False, 
         plot_confusion(m["confusion_matrix"], out_dir / f"confusion_{split}.png",
                        f"{names[split]} ({m['n']}): accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
         if tta:
-            tprobs = predict_split(predict_fn, part.x, size, channels, tta=True)
+            tprobs = predict(part.x, tta=True)
             results[f"{split}_flip_tta"] = {k: v for k, v in classification_metrics(part.y, tprobs.argmax(1)).items()
                                             if k in ("n", "accuracy", "macro_f1")}
         log.info("%s %s: accuracy %.4f, macro-F1 %.4f (n=%d)", Path(model_path).name, names[split],

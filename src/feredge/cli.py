@@ -58,12 +58,13 @@ def _train(args):
 
 def _evaluate(args):
     from feredge.train.data import default_data_path, load_fer2013
-    from feredge.train.evaluate import evaluate_and_report
+    from feredge.train.evaluate import evaluate_and_report, model_paths
 
     data = load_fer2013(args.data or default_data_path())
     splits = {"test": ("test",), "val": ("val",), "both": ("val", "test")}[args.split]
-    out = args.out or (Path(args.model).parent / "eval")
-    metrics = evaluate_and_report(Path(args.model), data, out, splits=splits, tta=args.tta)
+    paths = model_paths(args.model)
+    out = args.out or (Path(paths[0]).parent / ("eval" if len(paths) == 1 else "eval_ensemble"))
+    metrics = evaluate_and_report(args.model, data, out, splits=splits, tta=args.tta)
     summary = {s: {k: metrics[s][k] for k in ("n", "accuracy", "macro_f1")} for s in splits}
     summary.update({k: v for k, v in metrics.items() if k.endswith("flip_tta")})
     print(json.dumps(summary))
@@ -158,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. augment.rotation=10")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("evaluate", help="evaluate a .keras, .tflite or .onnx model on FER-2013")
+    e = sub.add_parser("evaluate", help="evaluate a .keras, .tflite or .onnx model (or several, comma-separated: "
+                                        "their geometric mean) on FER-2013")
     e.add_argument("model")
     e.add_argument("--data")
     e.add_argument("--split", choices=("test", "val", "both"), default="test", help="test = PrivateTest, val = PublicTest")
