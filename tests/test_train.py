@@ -397,11 +397,13 @@ def test_an_ema_run_saves_the_averaged_weights(tmp_path, mini_data, tiny_run):
 def test_several_models_evaluate_as_the_geometric_mean_of_their_probabilities(tmp_path, mini_data, tiny_run):
     import keras
 
-    from feredge.train.evaluate import classification_metrics, evaluate_and_report, geometric_mean, predict_split, predictor
+    from feredge.train.evaluate import (classification_metrics, evaluate_and_report, geometric_mean, predict_split,
+                                        predictor)
 
     # A second member of another input size and channel count, so each member's own preprocessing counts.
+    random_init = keras.initializers.RandomNormal(0, 0.01, seed=1)
     other = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(),
-                              keras.layers.Dense(7, activation="softmax", kernel_initializer=keras.initializers.RandomNormal(0, 0.01, seed=1))])
+                              keras.layers.Dense(7, activation="softmax", kernel_initializer=random_init)])
     other.save(tmp_path / "other.keras")
     paths = [str(tiny_run / "best.keras"), str(tmp_path / "other.keras")]
 

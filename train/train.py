@@ -278,8 +278,8 @@ def _train(cfg: dict, run_dir: Path, data) -> dict:
         else:
             model = models.build_model(cfg["arch"], cfg["input_size"], cfg["weights"], cfg["dropout"], tuple(cfg["widths"]))
         if cfg["teacher"]:
-            fit_model = augment.training_model(model, cfg["augment"], distill.load_teacher(cfg["teacher"], model.input_shape[1:]),
-                                               cfg["teacher_flip"])
+            teacher = distill.load_teacher(cfg["teacher"], model.input_shape[1:])
+            fit_model = augment.training_model(model, cfg["augment"], teacher, cfg["teacher_flip"])
             loss = distill.distillation_loss(cfg["distill_weight"], cfg["distill_temperature"], cfg["label_smoothing"])
             metrics = [distill.student_accuracy()]
         else:
