@@ -72,12 +72,26 @@ def test_the_float32_copy_reaches_inside_a_nested_backbone():
     assert np.allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.05)  # same weights
 
 
-def test_resume_continues_where_the_run_stopped(tmp_path, mini_data):
+def test_resume_continues_where_the_run_stopped(tmp_path, mini_data, monkeypatch):
+    import feredge.train.train as train_module
+
+    first_orders = []  # the training order each train() call starts with
+
+    def spy(*args, **kw):
+        batches = make_batches(*args, **kw)
+        if kw.get("shuffle"):
+            first_orders.append(batches.order.copy())
+        return batches
+
+    make_batches = train_module.make_batches
+    monkeypatch.setattr(train_module, "make_batches", spy)
     train(tiny_cfg(widths=[4, 8], epochs=1), tmp_path, data=mini_data)
     train(tiny_cfg(widths=[4, 8], epochs=3), tmp_path, data=mini_data)
     with open(tmp_path / "history.csv") as f:
         epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
     assert epochs == [0, 1, 2]
+    # The resumed epoch does not replay the first epoch's shuffle.
+    assert len(first_orders) == 2 and not np.array_equal(*first_orders)
     with pytest.raises(ValueError, match="another config"):
         train(tiny_cfg(widths=[4, 8], epochs=4, learning_rate=0.5), tmp_path, data=mini_data)
     # A run begun before a config key existed resumes: the missing key takes its default.

@@ -127,14 +127,15 @@ def class_weights(y: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(f"class_weight must be balanced, sqrt or none, got '{mode}'")
 
 
-def make_batches(x, y, cfg, channels, weights, shuffle: bool):
-    """A keras.utils.PyDataset of (pixels, one-hot targets, sample weights); mixup in numpy."""
+def make_batches(x, y, cfg, channels, weights, shuffle: bool, seed: int | None = None):
+    """A keras.utils.PyDataset of (pixels, one-hot targets, sample weights); mixup in numpy.
+    seed (default cfg["seed"]) drives the shuffle and mixup."""
     import keras
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
             super().__init__()
-            self.rng = np.random.default_rng(cfg["seed"])
+            self.rng = np.random.default_rng(cfg["seed"] if seed is None else seed)
             self.order = np.arange(len(y))
             self.on_epoch_end()
 
@@ -231,6 +232,12 @@ def best_so_far(history_csv: Path) -> float:
     return max(vals, default=-1.0)
 
 
+def epochs_done(run_dir: Path) -> int:
+    """Epochs completed by the run in run_dir, as its BackupAndRestore backup records them (0 if none)."""
+    meta = Path(run_dir) / "backup" / "training_metadata.json"
+    return int(json.loads(meta.read_text()).get("epoch", 0)) if meta.exists() else 0
+
+
 def train(cfg: dict, run_dir: Path, data=None) -> dict:
     """Train per cfg into run_dir; resumes from run_dir's backup if one is there. Returns metrics."""
     import keras
@@ -244,16 +251,19 @@ def train(cfg: dict, run_dir: Path, data=None) -> dict:
             raise ValueError(f"{run_dir} holds a run with another config; resume it with the same config or use a new --run-dir")
         log.info("resuming the run in %s", run_dir)
     resolved.write_text(json.dumps(cfg, indent=2))
-    keras.utils.set_random_seed(cfg["seed"])
+    # Seeded by the epochs already done: a resumed run must not replay the shuffles and augmentations
+    # of its first epochs (measured: train accuracy jumped 3.5 points on a ResNet resume, val did not).
+    run_seed = cfg["seed"] + epochs_done(run_dir)
+    keras.utils.set_random_seed(run_seed)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(cfg["precision"])
     try:
-        return _train(cfg, run_dir, data)
+        return _train(cfg, run_dir, data, run_seed)
     finally:  # later model loading in this process must not inherit a half-precision policy
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(cfg: dict, run_dir: Path, data) -> dict:
+def _train(cfg: dict, run_dir: Path, data, run_seed: int) -> dict:
     import keras
 
     from feredge.train import augment, distill, models
@@ -300,7 +310,7 @@ def _train(cfg: dict, run_dir: Path, data) -> dict:
         val_x = preprocess_faces(val_split.x, cfg["input_size"], channels)
         val_y = np.eye(len(LABELS), dtype=np.float32)[val_split.y]
         start = time.time()
-        fit_model.fit(make_batches(train_split.x, train_split.y, cfg, channels, weights, shuffle=True),
+        fit_model.fit(make_batches(train_split.x, train_split.y, cfg, channels, weights, shuffle=True, seed=run_seed),
                       validation_data=(val_x, val_y), epochs=cfg["epochs"], callbacks=callbacks,
                       verbose=2)
         wall = time.time() - start
