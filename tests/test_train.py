@@ -23,6 +23,7 @@ def tiny_cfg(**kw):
 
 @pytest.mark.parametrize("arch, size, extra", [
     ("custom_cnn", 48, {"widths": [4, 8]}),
+    ("separable_cnn", 48, {"widths": [4, 8]}),
     ("resnet50v2", 32, {"weights": "none"}),
     ("vgg16", 32, {"weights": "none"}),
 ])
@@ -36,7 +37,12 @@ def test_each_architecture_fits_and_reports(tmp_path, mini_data, arch, size, ext
     import keras
 
     model = keras.models.load_model(tmp_path / "best.keras", compile=False)
-    assert model.input_shape == (None, size, size, 1 if arch == "custom_cnn" else 3)
+    assert model.input_shape == (None, size, size, 1 if arch.endswith("_cnn") else 3)
+    assert model.name == arch
+    # separable_cnn: every convolution but the first is depthwise-separable.
+    kinds = [type(layer).__name__ for layer in model.layers if layer.name.endswith("_conv")]
+    if arch.endswith("_cnn"):
+        assert kinds == ["Conv2D"] + ["SeparableConv2D" if arch == "separable_cnn" else "Conv2D"] * 3
     # The saved inference model holds no random-augmentation layer (TFLite would need Flex ops).
     assert not any(type(layer).__name__.startswith("Random") for layer in model.layers)
 

@@ -18,45 +18,51 @@ from feredge.edge.preprocess import LABELS
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("custom_cnn", "resnet50v2", "vgg16")
+ARCHITECTURES = ("custom_cnn", "separable_cnn", "resnet50v2", "vgg16")
 # Channels each architecture takes: ImageNet backbones get the grey plane replicated to 3.
-INPUT_CHANNELS = {"custom_cnn": 1, "resnet50v2": 3, "vgg16": 3}
+INPUT_CHANNELS = {"custom_cnn": 1, "separable_cnn": 1, "resnet50v2": 3, "vgg16": 3}
 
 
 def build_model(arch: str, input_size: int = 48, weights: str | None = None, dropout: float = 0.4,
                 widths=(32, 64, 128, 256)) -> keras.Model:
     """weights: for the ImageNet backbones, "imagenet" (Keras cache or download), a local .h5/.weights
     file, or None for random initialisation (logged only when asked for as "none").
-    Ignored by the custom CNN."""
-    if arch == "custom_cnn":
-        return custom_cnn(input_size, widths=widths, dropout=dropout)
+    Ignored by the custom CNNs."""
+    if arch in ("custom_cnn", "separable_cnn"):
+        return custom_cnn(input_size, widths=widths, dropout=dropout, separable=arch == "separable_cnn")
     if arch in ("resnet50v2", "vgg16"):
         return imagenet_backbone(arch, input_size, weights, dropout)
     raise ValueError(f"unknown architecture '{arch}' (choose from {', '.join(ARCHITECTURES)})")
 
 
-def _conv_bn_relu(x, filters, name):
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+def _conv_bn_relu(x, filters, name, separable=False):
+    conv = layers.SeparableConv2D if separable else layers.Conv2D
+    x = conv(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def custom_cnn(input_size: int = 48, widths=(32, 64, 128, 256), dropout: float = 0.4) -> keras.Model:
+def custom_cnn(input_size: int = 48, widths=(32, 64, 128, 256), dropout: float = 0.4,
+               separable: bool = False) -> keras.Model:
     """A VGG-style network sized for 48x48 faces and a Pi-class CPU: four stages of two 3x3
     conv-BN-ReLU layers with max pooling, global average pooling, dropout, softmax.
 
     Plain 3x3 convolutions and ReLU quantize cleanly to int8 and are what XNNPACK runs fastest.
+    separable (the "separable_cnn" architecture): every convolution after the first is depthwise-
+    separable, as in the `fer` peer's mini-Xception: far fewer multiply-adds per channel, so wider
+    stages fit the same latency (int8, 1 thread, random weights: 32-96-192-384 at 0.35 ms against
+    0.61 ms for the plain 32-64-128-256).
     """
     inputs = keras.Input((input_size, input_size, 1), name="pixels")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(inputs)  # zero-centred: faster start
     for stage, filters in enumerate(widths, start=1):
-        x = _conv_bn_relu(x, filters, f"s{stage}a")
-        x = _conv_bn_relu(x, filters, f"s{stage}b")
+        x = _conv_bn_relu(x, filters, f"s{stage}a", separable and stage > 1)  # one input plane: plain
+        x = _conv_bn_relu(x, filters, f"s{stage}b", separable)
         x = layers.MaxPooling2D(2, name=f"s{stage}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(len(LABELS), activation="softmax", dtype="float32", name="probs")(x)
-    return keras.Model(inputs, outputs, name="custom_cnn")
+    return keras.Model(inputs, outputs, name="separable_cnn" if separable else "custom_cnn")
 
 
 def start_from(source, arch: str, input_size: int, widths=(32, 64, 128, 256), dropout: float = 0.4) -> keras.Model:
