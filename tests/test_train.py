@@ -81,6 +81,7 @@ def test_the_float32_copy_reaches_inside_a_nested_backbone():
 def test_resume_continues_where_the_run_stopped(tmp_path, mini_data, monkeypatch):
     import feredge.train.train as train_module
 
+    make_batches = train_module.make_batches
     first_orders = []  # the training order each train() call starts with
 
     def spy(*args, **kw):
@@ -89,7 +90,6 @@ def test_resume_continues_where_the_run_stopped(tmp_path, mini_data, monkeypatch
             first_orders.append(batches.order.copy())
         return batches
 
-    make_batches = train_module.make_batches
     monkeypatch.setattr(train_module, "make_batches", spy)
     train(tiny_cfg(widths=[4, 8], epochs=1), tmp_path, data=mini_data)
     train(tiny_cfg(widths=[4, 8], epochs=3), tmp_path, data=mini_data)

@@ -50,8 +50,7 @@ def custom_cnn(input_size: int = 48, widths=(32, 64, 128, 256), dropout: float =
     Plain 3x3 convolutions and ReLU quantize cleanly to int8 and are what XNNPACK runs fastest.
     separable (the "separable_cnn" architecture): every convolution after the first is depthwise-
     separable, as in the `fer` peer's mini-Xception: far fewer multiply-adds per channel, so wider
-    stages fit the same latency (int8, 1 thread, random weights: 32-96-192-384 at 0.35 ms against
-    0.61 ms for the plain 32-64-128-256).
+    stages fit the same latency.
     """
     inputs = keras.Input((input_size, input_size, 1), name="pixels")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(inputs)  # zero-centred: faster start
