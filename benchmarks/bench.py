@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-COLUMNS = ["model", "format", "size_kb", "load_ms", "accuracy", "macro_f1", "e2e_accuracy", "e2e_macro_f1",
+COLUMNS = ["model", "format", "size_kb", "mmacs", "load_ms", "accuracy", "macro_f1", "e2e_accuracy", "e2e_macro_f1",
            "p50_ms_1t", "p90_ms_1t", "p50_ms_2t", "p90_ms_2t", "p50_ms_4t", "p90_ms_4t",
            "batch32_img_s", "peak_rss_mb"]
 E2E_COLUMNS = ["model", "format", "settings", "faces", "frames", "detector_ms", "classifier_ms", "fps"]
@@ -79,6 +79,37 @@ def time_calls(fn, reps: int, warmup: int = 10):
         fn()
         out.append((time.perf_counter() - t) * 1000)
     return out
+
+
+def multiply_adds(path: Path) -> float | None:
+    """Millions of multiply-accumulates per face in the convolutions and dense layers, read from the
+    network's TFLite graph (an ONNX file: the TFLite file beside it, the same network). The work a
+    compute-bound core must do (a Pi 4's Cortex-A72), where a fast x86 core's timings of small
+    models are mostly fixed per-call costs. None when there is no TFLite graph to read."""
+    from feredge.edge.classifier import load_litert_interpreter
+
+    if path.suffix != ".tflite":
+        path = next(iter(sorted(path.parent.glob("*.tflite"))), None)
+        if path is None:
+            return None
+    interp = load_litert_interpreter(path, 1)
+    if not hasattr(interp, "_get_ops_details"):  # an old tflite-runtime
+        return None
+    shapes = {t["index"]: t["shape"] for t in interp.get_tensor_details()}
+    total = 0
+    for op in interp._get_ops_details():
+        kind, outputs, inputs = op["op_name"], op["outputs"], op["inputs"]
+        if kind not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        kernel = shapes[inputs[1]]
+        if kind == "CONV_2D":  # [out, kh, kw, in]
+            per_output = np.prod(kernel[1:])
+        elif kind == "DEPTHWISE_CONV_2D":  # [1, kh, kw, channels]
+            per_output = kernel[1] * kernel[2]
+        else:  # FULLY_CONNECTED: [out, in]
+            per_output = kernel[1]
+        total += int(np.prod(shapes[outputs[0]][1:])) * int(per_output)  # one face: the batch axis left out
+    return round(total / 1e6, 1)
 
 
 def peak_rss(model: str, fmt: str, runs: int) -> float:
@@ -137,7 +168,7 @@ def bench_format(name: str, model: Path, fmt: str, evalset, threads, reps: int, 
     load_ms = (time.perf_counter() - t) * 1000
     probs = predict_split(clf.predict_pixels, evalset.x, clf.input_size, clf.channels, tta=False)
     m = classification_metrics(evalset.y, probs.argmax(1))
-    row = {"model": name, "format": fmt, "size_kb": round(clf.path.stat().st_size / 1024, 1),
+    row = {"model": name, "format": fmt, "size_kb": round(clf.path.stat().st_size / 1024, 1), "mmacs": multiply_adds(clf.path),
            "load_ms": round(load_ms, 1), "accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
     if e2e_crops is not None:
         row.update({k: v for k, v in e2e_metrics(clf.predict_faces, e2e_crops, evalset.y).items() if k in COLUMNS})

@@ -130,3 +130,12 @@ def test_detection_operating_points_count_the_retry_only_where_nothing_was_found
     assert rows[(640, RETRY_ZOOM, 0.6)]["no_face_frame_ms"] == 10.0  # 2 + 8 ms
     # At 320 frame 2 has a (false) box at 0.7, so no retry runs there and its face stays missed.
     assert rows[(320, RETRY_ZOOM, 0.6)]["faces_found_pct"] == 50
+
+
+def test_multiply_adds_are_counted_from_the_graph(tiny_models):
+    from feredge.benchmarks.bench import multiply_adds
+
+    # The tiny run: widths 8, 16 on 48x48 (two 3x3 convolutions a stage, pooling after each), a 7-way head.
+    expected = (48 * 48 * 9 * (1 * 8 + 8 * 8) + 24 * 24 * 9 * (8 * 16 + 16 * 16) + 16 * 7) / 1e6
+    for fmt in ("model_int8.tflite", "model_float16.tflite", "model_int8.onnx"):
+        assert multiply_adds(tiny_models / fmt) == round(expected, 1), fmt
