@@ -75,3 +75,16 @@ def test_default_format_is_the_fastest_gated_int8_format_measured_on_this_machin
                 if r["model"] == "custom_cnn" and r["format"] in shipped and r["format"] in ("tflite_int8", "onnx_int8")}
     assert int8, "the benchmark has no int8 row for the shipped model"
     assert resolve_model(SHIPPED)[2] == min(int8, key=int8.get)
+
+
+def test_the_shipped_model_rebuilt_from_onnx_gives_its_probabilities():
+    # What `--set teacher=models/custom_cnn` teaches with: the float32 ONNX export as a Keras model.
+    import onnxruntime as ort
+
+    from feredge.train.models import custom_cnn_from_onnx
+
+    model = custom_cnn_from_onnx(SHIPPED)
+    x = np.random.default_rng(0).uniform(0, 255, (64, 48, 48, 1)).astype(np.float32)
+    session = ort.InferenceSession(str(SHIPPED / "model_float32.onnx"), providers=["CPUExecutionProvider"])
+    reference = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert np.abs(model.predict(x, verbose=0) - reference).max() < 1e-5

@@ -324,6 +324,20 @@ def test_a_distilled_run_saves_the_student_alone(tmp_path, mini_data):
         train(tiny_cfg(widths=[4, 6], teacher=str(tmp_path / "missing.keras")), tmp_path / "bad", data=mini_data)
 
 
+def test_a_shipped_model_folder_teaches_as_its_keras_model(tiny_run, tiny_models):
+    # No run directory needed: the folder's float32 ONNX is rebuilt into the network it was exported from.
+    import keras
+
+    from feredge.train.distill import load_teacher
+
+    teacher = load_teacher(str(tiny_models), (48, 48, 1))
+    trained = keras.models.load_model(tiny_run / "best.keras", compile=False)
+    x = np.random.default_rng(1).uniform(0, 255, (16, 48, 48, 1)).astype(np.float32)
+    np.testing.assert_allclose(teacher.predict(x, verbose=0), trained.predict(x, verbose=0), atol=1e-5)
+    with pytest.raises(ValueError, match="not a custom_cnn export"):
+        load_teacher(str(tiny_models / "model_int8.onnx"), (48, 48, 1))
+
+
 def test_a_teacher_of_another_input_size_and_channels_sees_the_students_pixels():
     import keras
 

@@ -16,6 +16,7 @@ from keras import layers, ops
 from feredge.edge.preprocess import LABELS
 from feredge.train.augment import teacher_view
 from feredge.train.evaluate import model_paths
+from feredge.train.models import custom_cnn_from_onnx
 
 CLASSES = len(LABELS)
 EPS = 1e-7
@@ -40,10 +41,14 @@ def load_teacher(spec: str, input_shape: tuple) -> keras.Model:
 
 
 def _frozen(path, name: str) -> keras.Model:
+    """A trained .keras file, or a shipped custom CNN's model folder (or its float32 .onnx), frozen."""
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"teacher model not found: {path}")
-    loaded = keras.models.load_model(path, compile=False)
+    if path.is_dir() or path.suffix == ".onnx":
+        loaded = custom_cnn_from_onnx(path)
+    else:
+        loaded = keras.models.load_model(path, compile=False)
     # Renamed: a teacher of the student's architecture carries the student's name.
     teacher = keras.Model(loaded.inputs[0], loaded.outputs[0], name=name)
     teacher.trainable = False

@@ -122,6 +122,52 @@ def slim_custom_cnn(source, widths, dropout: float = 0.4, input_size: int | None
     return model
 
 
+def custom_cnn_from_onnx(path) -> keras.Model:
+    """A shipped custom CNN as a Keras model, rebuilt from its float32 ONNX export (a model folder or
+    the .onnx file): what a shipped model can teach with when its training run is gone. tf2onnx folds
+    each BatchNorm into the convolution before it, so the convolutions take the folded weights and bias
+    and the BatchNorm layers are left as identities. The probabilities are the ONNX file's (a test holds
+    them to 1e-5); the BatchNorm scales are not the trained ones, so don't slim or resume from it."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        raise ValueError("reading a model from ONNX needs the onnx package: pip install 'feredge[export]'") from None
+    path = Path(path).expanduser()
+    path = path / "model_float32.onnx" if path.is_dir() else path
+    if not path.exists():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    graph = onnx.load(path).graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def constant(name):  # an initializer, possibly through the Reshape tf2onnx puts on a folded kernel
+        if name in constants:
+            return constants[name]
+        node = producer[name]
+        if node.op_type != "Reshape":
+            raise ValueError(f"{path.name}: not a custom_cnn export ({name} is computed by {node.op_type})")
+        return constant(node.input[0]).reshape(constant(node.input[1]))
+
+    convs = [(constant(n.input[1]), constant(n.input[2])) for n in graph.node if n.op_type == "Conv"]
+    if not convs or len(convs) % 2 or any(k.shape[2:] != (3, 3) for k, _ in convs):
+        raise ValueError(f"{path.name}: not a custom_cnn export (expected pairs of 3x3 convolutions)")
+    widths = [kernel.shape[0] for kernel, _ in convs[::2]]
+    size = graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    model = custom_cnn(size, widths=widths)
+    for i, (kernel, bias) in enumerate(convs):
+        name = f"s{i // 2 + 1}{'ab'[i % 2]}"
+        model.get_layer(f"{name}_conv").set_weights([kernel.transpose(2, 3, 1, 0)])  # OIHW -> HWIO
+        bn = model.get_layer(f"{name}_bn")  # gamma sqrt(1 + eps), variance 1: y = x + bias
+        bn.set_weights([np.full_like(bias, np.sqrt(1 + bn.epsilon)), bias, np.zeros_like(bias), np.ones_like(bias)])
+    matmul = next(n for n in graph.node if n.op_type == "MatMul")
+    bias_add = next(n for n in graph.node if n.op_type == "Add" and matmul.output[0] in n.input)
+    model.get_layer("probs").set_weights([constant(matmul.input[1]),
+                                          constant(next(i for i in bias_add.input if i != matmul.output[0]))])
+    log.info("%s rebuilt from %s (widths %s, %d px)", model.name, path, widths, size)
+    return model
+
+
 def imagenet_backbone(arch: str, input_size: int, weights, dropout: float) -> keras.Model:
     apps = {
         "resnet50v2": keras.applications.ResNet50V2,
