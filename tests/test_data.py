@@ -137,3 +137,22 @@ def test_real_fer2013_splits_match_the_published_counts():
     assert (len(d["train"]), len(d["val"]), len(d["test"])) == (28709, 3589, 3589)
     assert np.bincount(d["train"].y).tolist() == [3995, 436, 4097, 7215, 4965, 4830, 3171]
     assert (np.bincount(d["val"].y) + np.bincount(d["test"].y)).tolist() == [958, 111, 1024, 1774, 1233, 1247, 831]
+
+
+def test_the_gpu_training_pack_gives_back_the_same_files_without_privatetest(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    src = make_zip(tmp_path / "fer.zip", per_class=(5, 2, 2))
+    script = REPO / "train" / "gpu" / "pack.py"
+    subprocess.run([sys.executable, str(script), "make", str(src), str(tmp_path / "pack.npz")], check=True)
+    subprocess.run([sys.executable, str(script), "unpack", str(tmp_path / "pack.npz"), str(tmp_path / "out")], check=True)
+    with zipfile.ZipFile(src) as zf:
+        originals = {n: zf.read(n) for n in zf.namelist() if "PrivateTest_" not in n}
+    unpacked = {str(p.relative_to(tmp_path / "out")): p.read_bytes() for p in (tmp_path / "out").rglob("*.jpg")}
+    assert unpacked == originals  # byte for byte, PrivateTest left behind
+    assert (tmp_path / "pack.npz").stat().st_size < 0.9 * sum(map(len, originals.values()))
+    splits = load_fer2013(tmp_path / "out", use_cache=False)
+    assert (len(splits["train"]), len(splits["val"]), len(splits["test"])) == (35, 14, 0)  # val is PublicTest

@@ -455,3 +455,33 @@ def test_several_models_evaluate_as_the_geometric_mean_of_their_probabilities(tm
     assert metrics["val"]["confusion_matrix"] == expected["confusion_matrix"]
     with pytest.raises(FileNotFoundError, match="model not found"):
         evaluate_and_report(f"{paths[0]},{tmp_path / 'missing.keras'}", mini_data, tmp_path / "eval", splits=("val",))
+
+
+def test_a_run_without_a_test_split_validates_and_reports_what_it_has(tmp_path, mini_data):
+    # A GPU training pack leaves PrivateTest behind (train/gpu/pack.py): the run must still finish.
+    from feredge.train.data import Split
+
+    data = {**mini_data, "test": Split(mini_data["test"].x[:0], mini_data["test"].y[:0])}
+    metrics = train(tiny_cfg(epochs=1), tmp_path, data=data)
+    assert metrics["val"]["n"] > 0 and "test" not in metrics
+    assert (tmp_path / "best.keras").exists() and not (tmp_path / "confusion_test.json").exists()
+
+
+def test_gpu_weights_come_back_in_float16_parts_and_rebuild_the_model(tmp_path, tiny_run):
+    import importlib.util
+
+    import keras
+
+    spec = importlib.util.spec_from_file_location("gpu_weights", REPO / "train" / "gpu" / "weights.py")
+    gpu_weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_weights)
+    parts = gpu_weights.split(tiny_run, tmp_path / "parts", part_bytes=4096)
+    assert len(parts) > 1 and all(p.stat().st_size <= 4096 for p in parts)
+    rebuilt = gpu_weights.join(tmp_path / "parts", tmp_path / "run")
+    x = np.random.default_rng(0).uniform(0, 255, (16, 48, 48, 1)).astype(np.float32)
+    original = keras.models.load_model(tiny_run / "best.keras", compile=False).predict(x, verbose=0)
+    again = keras.models.load_model(rebuilt, compile=False).predict(x, verbose=0)
+    assert np.abs(original - again).max() < 5e-3 and (original.argmax(1) == again.argmax(1)).mean() >= 0.9
+    parts[-1].unlink()
+    with pytest.raises(SystemExit, match="a part missing"):
+        gpu_weights.join(tmp_path / "parts", tmp_path / "run2")

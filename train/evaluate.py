@@ -153,6 +153,9 @@ def evaluate_and_report(model_path, data, out_dir, splits=("test",), tta=False, 
     results = {"model": str(model_path)}
     for split in splits:
         part = subset(data[split], max_samples, seed)
+        if not len(part):  # e.g. PrivateTest left out of a training pack
+            log.info("%s: no images, not evaluated", names[split])
+            continue
         probs = predict(part.x, tta=False)
         m = classification_metrics(part.y, probs.argmax(1))
         results[split] = m

@@ -5,6 +5,17 @@
 #   bash train/gpu/train_flagship.sh [FER2013_ZIP] [RUN_DIR] [extra `feredge train` args...]
 #   feredge export RUN_DIR --out models/resnet50v2            # on the CPU machine, with [export]
 #
+# The shared zip (62 MB) and the repository don't fit together into the 64 MiB that travels to the GPU
+# machine: carry the lossless training pack instead (train + PublicTest, 40 MB) and unpack it there:
+#
+#   python train/gpu/pack.py make ../shared/data/fer2013/fer2013.zip .carry/fer_pack.npz     # here
+#   python3 train/gpu/pack.py unpack .carry/fer_pack.npz /tmp/fer2013 && \
+#       WHEELS=.whl bash train/gpu/train_flagship.sh /tmp/fer2013 RUN_DIR ...                  # there
+#
+# The run then reports PublicTest only; PrivateTest is measured here, by `feredge evaluate` and the export gate.
+# best.keras is too large to come back whole (files from the GPU machine: 16 MiB each): `python3
+# train/gpu/weights.py split RUN_DIR $OUT` there, `python train/gpu/weights.py join PARTS RUN_DIR` here.
+#
 # WHEELS=dir installs the Keras side from local wheels (keras, namex, optree, and what they need)
 # for machines without network. ImageNet weights: put resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5
 # in ~/.keras/models/ or pass --set weights=PATH; without them the run trains from scratch and says so.
