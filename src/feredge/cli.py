@@ -52,7 +52,7 @@ def _train(args):
             overrides[key] = getattr(args, key)
     cfg = load_config(args.config, overrides)
     metrics = train(cfg, Path(args.run_dir))
-    print(json.dumps({s: {k: metrics[s][k] for k in ("accuracy", "macro_f1")} for s in ("val", "test")}))
+    print(json.dumps({s: {k: metrics[s][k] for k in ("accuracy", "macro_f1")} for s in ("val", "test") if s in metrics}))
     return 0
 
 
