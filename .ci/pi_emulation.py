@@ -5,7 +5,7 @@ binfmt_misc, no root file system image):
 - Debian bookworm's arm64 Python 3.11 and the C libraries it needs, fetched with apt-get into a private
   apt state (the machine's own apt sources, arch arm64) and unpacked with `dpkg -x`;
 - Debian trixie's qemu-user 10 (bookworm's 7.2 segfaults in the cpuinfo library that onnxruntime and
-  LiteRT use), fetched the same way;
+  LiteRT use), fetched the same way, emulating the Raspberry Pi 5's Cortex-A76 core;
 - the project's default dependencies as aarch64 wheels and the project's own wheel, installed by the
   host's pip with `--platform` tags into a folder on PYTHONPATH.
 
@@ -38,12 +38,25 @@ BOX_TOLERANCE_PX = 1
 # Seen: probabilities up to 0.036 apart; label flips of 64 faces: 1 at margin 0.005 (shipped model),
 # 2 at margins 0.003 and 0.020 (the previous one).
 ORT_INT8_NEAR_TIE = 0.05
+# The Raspberry Pi 5's core. qemu's default (`max`) also offers SVE and SME, which no Pi has: LiteRT's
+# XNNPACK then picks SME kernels that qemu emulates so slowly that 64 faces in float32 took over 280 s
+# (49 s as a Cortex-A76), and a CI run timed out. Emulating the Pi's own core also runs the kernels a Pi runs.
+QEMU_CPU = "cortex-a76"
+# One emulated step (the README command, or the probe: about 3 minutes on 2 cores) may take this long.
+STEP_TIMEOUT_S = 600
 # What Bookworm's python3.11 needs to start, plus the C++ runtime the wheels link against.
 DEBIAN_ARM64_PACKAGES = ["python3.11-minimal", "libpython3.11-stdlib", "libstdc++6"]
 
 
-def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+def sh(cmd: list[str], timeout: float | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run a step; a failure or a hang ends the check with one line naming the step and its error output."""
+    try:
+        return subprocess.run(cmd, check=True, text=True, capture_output=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"pi emulation: {' '.join(cmd[:6])} ... did not finish in {timeout:.0f} s")
+    except subprocess.CalledProcessError as e:
+        last = (e.stderr or e.stdout or "").strip().splitlines()[-1:] or ["no output"]
+        raise SystemExit(f"pi emulation: {' '.join(cmd[:6])} ... failed (exit {e.returncode}): {last[0]}")
 
 
 def apt_options(state: Path, arch: str | None = None, sources: Path | None = None) -> list[str]:
@@ -199,16 +212,18 @@ def main() -> int:
     site = install_wheels(cache)
     env = {**os.environ, "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1"}
     env.pop("FEREDGE_MODEL", None)
-    arm_python = [str(qemu), "-L", str(root), str(root / "usr" / "bin" / "python3.11")]
+    arm_python = [str(qemu), "-cpu", QEMU_CPU, "-L", str(root), str(root / "usr" / "bin" / "python3.11")]
+    face_model = args.face_model.resolve()  # the steps run in a temporary folder
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         faces = fixed_faces(tmp)
-        detect = ["-m", "feredge.cli", "detect", str(SAMPLE), "--face-model", str(args.face_model)]
-        arm_answer = sh([*arm_python, *detect, "--out", str(tmp / "arm")], env=env, cwd=tmp).stdout.strip()
+        detect = ["-m", "feredge.cli", "detect", str(SAMPLE), "--face-model", str(face_model)]
+        arm_answer = sh([*arm_python, *detect, "--out", str(tmp / "arm")], env=env, cwd=tmp,
+                        timeout=STEP_TIMEOUT_S).stdout.strip()
         x86_answer = sh([sys.executable, *detect, "--out", str(tmp / "x86")], cwd=tmp).stdout.strip()
-        sh([*arm_python, __file__, "--probe", str(faces), str(tmp / "arm.json"), "--face-model", str(args.face_model)],
-           env=env, cwd=tmp)
-        sh([sys.executable, __file__, "--probe", str(faces), str(tmp / "x86.json"), "--face-model", str(args.face_model)],
+        sh([*arm_python, __file__, "--probe", str(faces), str(tmp / "arm.json"), "--face-model", str(face_model)],
+           env=env, cwd=tmp, timeout=STEP_TIMEOUT_S)
+        sh([sys.executable, __file__, "--probe", str(faces), str(tmp / "x86.json"), "--face-model", str(face_model)],
            cwd=tmp)
         arm, x86 = (json.loads((tmp / f).read_text()) for f in ("arm.json", "x86.json"))
         for f in ("arm.json", "x86.json", "faces.npy"):  # kept for a look after a failure

@@ -156,3 +156,19 @@ def test_the_gpu_training_pack_gives_back_the_same_files_without_privatetest(tmp
     assert (tmp_path / "pack.npz").stat().st_size < 0.9 * sum(map(len, originals.values()))
     splits = load_fer2013(tmp_path / "out", use_cache=False)
     assert (len(splits["train"]), len(splits["val"]), len(splits["test"])) == (35, 14, 0)  # val is PublicTest
+
+
+def test_default_data_is_the_shared_copy_beside_the_working_folder(tmp_path, monkeypatch):
+    # After a plain `pip install .` the package lives in site-packages, so "beside the checkout" must
+    # be found from where the README's commands run.
+    from feredge.train.data import default_data_path
+
+    shared_zip = tmp_path / "shared" / "data" / "fer2013" / "fer2013.zip"
+    shared_zip.parent.mkdir(parents=True)
+    shared_zip.write_bytes(b"")
+    (tmp_path / "checkout").mkdir()
+    monkeypatch.delenv("FER2013_ZIP", raising=False)
+    monkeypatch.chdir(tmp_path / "checkout")
+    assert default_data_path() == shared_zip
+    monkeypatch.setenv("FER2013_ZIP", "/elsewhere/fer.zip")
+    assert str(default_data_path()) == "/elsewhere/fer.zip"

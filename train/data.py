@@ -42,12 +42,19 @@ class Split:
         return len(self.y)
 
 
+SHARED_ZIP = Path("shared") / "data" / "fer2013" / "fer2013.zip"
+
+
 def default_data_path() -> Path:
-    """FER2013_ZIP if set, else the team's shared copy beside the checkout."""
+    """FER2013_ZIP if set, else the team's shared copy beside the checkout: ../shared from the working
+    folder (where the README's commands run, also after a plain `pip install .`), or beside the source
+    tree of an editable install."""
     env = os.environ.get("FER2013_ZIP")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fer2013" / "fer2013.zip"
+    beside_cwd = Path.cwd().parent / SHARED_ZIP
+    beside_source = Path(__file__).resolve().parents[1].parent / SHARED_ZIP
+    return beside_cwd if beside_cwd.exists() or not beside_source.exists() else beside_source
 
 
 def cache_dir() -> Path:
