@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from feredge.benchmarks import RESULTS_DIR
 from feredge.benchmarks.e2e import FRAME
 
-RESULTS = Path(__file__).resolve().parent / "results" / "detection" / "detection.md"
+RESULTS = RESULTS_DIR / "detection" / "detection.md"
 WIDTHS = (320, 640)  # detection widths of a 640x480 frame: the --pi preset and the default
 THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8)
 RETRY_ZOOM = 2.0

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from feredge.benchmarks import RESULTS_DIR
 from feredge.edge.preprocess import CROP_BASES, crop_basis
 
-RESULTS = Path(__file__).resolve().parent / "results" / "framing.json"
+RESULTS = RESULTS_DIR / "framing.json"
 UPSCALE, PAD = 160, 80  # the FER frame as YuNet sees it: 160 px face inside 320 px of context
 
 

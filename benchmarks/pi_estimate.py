@@ -20,10 +20,10 @@ import statistics
 import time
 from pathlib import Path
 
+from feredge.benchmarks import RESULTS_DIR
 from feredge.benchmarks.bench import machine_name, slug
 from feredge.edge.detector import PI_PRESET
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 # Published: YuNet 2023mar, 320x320, 1 thread, Raspberry Pi 4 (64-bit OS), mean per image over the
 # source's test images 0-2: 58.7, 54.4, 54.4 ms. TonyCongqianWang/cv_facedetection_eval, time_comparison_pi.md.
@@ -114,7 +114,7 @@ def estimate(bench_rows, loop_rows, yunet_here_ms: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--face-model", type=Path, required=True, help="face_detection_yunet_2023mar.onnx")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="where feredge bench wrote this machine's CSVs")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where feredge bench wrote this machine's CSVs")
     args = parser.parse_args()
     name = slug(machine_name())
     bench_rows = [r for r in read_rows(args.results / f"{name}.csv") if r["format"] != "keras (TensorFlow)"]

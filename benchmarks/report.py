@@ -10,7 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+# The checkout the command runs in (a plain `pip install .` leaves no README beside the package).
+REPO = Path.cwd() if (Path.cwd() / "README.md").exists() and (Path.cwd() / "models").is_dir() else Path(__file__).resolve().parents[1]
 MARKERS = {"models": ("<!-- models-table:start -->", "<!-- models-table:end -->"),
            "bench": ("<!-- bench-table:start -->", "<!-- bench-table:end -->"),
            "pi": ("<!-- pi-estimate:start -->", "<!-- pi-estimate:end -->"),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -30,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from feredge.benchmarks import RESULTS_DIR
 from feredge.benchmarks.synthetic import sample_face
 
-RESULTS = Path(__file__).resolve().parent / "results" / "soak"
+RESULTS = RESULTS_DIR / "soak"
 SIZE, OTHER_SIZE = (320, 240), (480, 360)
 RSS_GROWTH_MAX_MB, FPS_DROP_MAX = 5.0, 0.10
 

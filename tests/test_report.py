@@ -31,3 +31,17 @@ def test_readme_tables_come_from_manifests_and_results(tmp_path, tiny_models):
     assert "old" not in text and text.startswith("intro\n") and text.endswith("end\n") and "### some cpu" in text
     assert "Kiosk soak: all bars held." in text and "_Not measured yet._" in text  # no Pi estimate here
     assert text.count("YuNet found them all.") == 1  # in its own section, not also in the bench one
+
+
+def test_results_and_readme_are_the_checkout_of_the_working_folder(tmp_path):
+    # After a plain `pip install .` the package sits in site-packages: the README's bench and report
+    # commands, run from the checkout, must write there, not beside the installed package.
+    import subprocess
+    import sys
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "README.md").write_text("readme\n")
+    code = "from feredge.benchmarks import RESULTS_DIR; from feredge.benchmarks.report import REPO; print(RESULTS_DIR); print(REPO)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(tmp_path / "benchmarks" / "results"), str(tmp_path)]
