@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-# Results go to benchmarks/results of the checkout a command runs in, as the README says: a plain
-# `pip install .` puts this package in site-packages, where results would be lost to the user.
-_CHECKOUT_RESULTS = Path("benchmarks") / "results"
-RESULTS_DIR = _CHECKOUT_RESULTS.resolve() if _CHECKOUT_RESULTS.is_dir() else Path(__file__).resolve().parent / "results"
+# The checkout a command runs in, as the README's commands assume: a plain `pip install .` puts this
+# package in site-packages, where results and the README would be lost to the user. Elsewhere (an
+# editable install run from another folder), the source tree this package sits in.
+CHECKOUT = Path.cwd() if (Path.cwd() / "benchmarks" / "results").is_dir() else Path(__file__).resolve().parents[1]
+RESULTS_DIR = CHECKOUT / "benchmarks" / "results"

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from feredge.benchmarks import RESULTS_DIR
+
 COLUMNS = ["model", "format", "size_kb", "mmacs", "load_ms", "accuracy", "macro_f1", "e2e_accuracy", "e2e_macro_f1",
            "p50_ms_1t", "p90_ms_1t", "p50_ms_2t", "p90_ms_2t", "p50_ms_4t", "p90_ms_4t",
            "batch32_img_s", "peak_rss_mb"]

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-# The checkout the command runs in (a plain `pip install .` leaves no README beside the package).
-REPO = Path.cwd() if (Path.cwd() / "README.md").exists() and (Path.cwd() / "models").is_dir() else Path(__file__).resolve().parents[1]
+from feredge.benchmarks import CHECKOUT as REPO
+
 MARKERS = {"models": ("<!-- models-table:start -->", "<!-- models-table:end -->"),
            "bench": ("<!-- bench-table:start -->", "<!-- bench-table:end -->"),
            "pi": ("<!-- pi-estimate:start -->", "<!-- pi-estimate:end -->"),
