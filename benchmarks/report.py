@@ -16,7 +16,8 @@ MARKERS = {"models": ("<!-- models-table:start -->", "<!-- models-table:end -->"
            "bench": ("<!-- bench-table:start -->", "<!-- bench-table:end -->"),
            "pi": ("<!-- pi-estimate:start -->", "<!-- pi-estimate:end -->"),
            "soak": ("<!-- soak:start -->", "<!-- soak:end -->"),
-           "detection": ("<!-- detection:start -->", "<!-- detection:end -->")}
+           "detection": ("<!-- detection:start -->", "<!-- detection:end -->"),
+           "input_size": ("<!-- input-size:start -->", "<!-- input-size:end -->")}
 
 
 def accuracy_change(entry: dict) -> float:
@@ -78,7 +79,8 @@ def update_readme(readme: Path = REPO / "README.md", models_dir: Path = REPO / "
     text = replace_between(text, *MARKERS["models"], models_table(models_dir))
     text = replace_between(text, *MARKERS["bench"], bench_section(results_dir))
     for key, path in (("pi", results_dir / "pi" / "estimate.md"), ("soak", results_dir / "soak" / "soak.md"),
-                      ("detection", results_dir / "detection" / "detection.md")):
+                      ("detection", results_dir / "detection" / "detection.md"),
+                      ("input_size", results_dir / "input_size" / "resnet50v2.md")):
         text = replace_between(text, *MARKERS[key], path.read_text().strip() if path.exists() else "_Not measured yet._")
     readme.write_text(text)
     return text

@@ -139,3 +139,20 @@ def test_multiply_adds_are_counted_from_the_graph(tiny_models):
     expected = (48 * 48 * 9 * (1 * 8 + 8 * 8) + 24 * 24 * 9 * (8 * 16 + 16 * 16) + 16 * 7) / 1e6
     for fmt in ("model_int8.tflite", "model_float16.tflite", "model_int8.onnx"):
         assert multiply_adds(tiny_models / fmt) == round(expected, 1), fmt
+
+
+def test_resnet_input_size_table_times_int8_resnet50v2_beside_the_reference(tmp_path, tiny_models, monkeypatch):
+    import sys
+
+    from feredge.benchmarks.input_size import main
+
+    monkeypatch.setattr(sys, "argv", ["input_size", "--sizes", "32", "--reps", "3", "--reference", str(tiny_models),
+                                      "--out", str(tmp_path)])
+    assert main() == 0
+    text = (tmp_path / "input_size" / "resnet50v2.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| resnet50v2 32 px"))
+    macs, megabytes = float(row.split("|")[2].replace(",", "")), float(row.split("|")[3])
+    assert 20 < megabytes < 30  # 23.5 M parameters in int8 (float32 would be ~94 MB)
+    assert macs > 50  # ResNet50V2 at 32 px: far more than the tiny reference's 0.8 M
+    reference = next(line for line in text.splitlines() if line.startswith(f"| {tiny_models.name} (tflite_int8, reference)"))
+    assert reference.rstrip(" |").endswith("| 1.0x | 1.0x")

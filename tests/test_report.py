@@ -15,11 +15,14 @@ def test_readme_tables_come_from_manifests_and_results(tmp_path, tiny_models):
                       "<!-- bench-table:start -->\nold\n<!-- bench-table:end -->\n"
                       "<!-- pi-estimate:start -->\nold\n<!-- pi-estimate:end -->\n"
                       "<!-- soak:start -->\nold\n<!-- soak:end -->\n"
-                      "<!-- detection:start -->\nold\n<!-- detection:end -->\nend\n")
+                      "<!-- detection:start -->\nold\n<!-- detection:end -->\n"
+                      "<!-- input-size:start -->\nold\n<!-- input-size:end -->\nend\n")
     (results / "soak").mkdir()
     (results / "soak" / "soak.md").write_text("Kiosk soak: all bars held.\n")
     (results / "detection").mkdir()
     (results / "detection" / "detection.md").write_text("YuNet found them all.\n")
+    (results / "input_size").mkdir()
+    (results / "input_size" / "resnet50v2.md").write_text("ResNet50V2 by input size.\n")
     text = update_readme(readme, models, results)
     m = json.loads((models / "tiny" / "manifest.json").read_text())
     acc = f"{100 * m['formats']['tflite_int8']['accuracy']:.2f} %"
@@ -31,6 +34,7 @@ def test_readme_tables_come_from_manifests_and_results(tmp_path, tiny_models):
     assert "old" not in text and text.startswith("intro\n") and text.endswith("end\n") and "### some cpu" in text
     assert "Kiosk soak: all bars held." in text and "_Not measured yet._" in text  # no Pi estimate here
     assert text.count("YuNet found them all.") == 1  # in its own section, not also in the bench one
+    assert text.count("ResNet50V2 by input size.") == 1
 
 
 def test_results_and_readme_are_the_checkout_of_the_working_folder(tmp_path):
