@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from feredge.benchmarks import RESULTS_DIR
-from feredge.benchmarks.bench import machine_name, multiply_adds, percentiles, time_calls
+from feredge.benchmarks.bench import interleaved_latency, machine_name, multiply_adds
 
 ARCH = "resnet50v2"
 
@@ -39,22 +39,6 @@ def int8_tflite(size: int, out: Path, calib_n: int = 16) -> Path:
     return out
 
 
-def latency_ms(files: dict, reps: int, rounds: int = 5) -> dict:
-    """{name: p50 ms}, one face at a time on 1 thread, the files timed in turn `rounds` times over
-    (as `feredge bench` does, so a slow spell of a shared machine falls on all of them alike)."""
-    from feredge.benchmarks.bench import random_pixels
-    from feredge.edge.classifier import EmotionClassifier
-
-    samples = {name: [] for name in files}
-    for _ in range(rounds):
-        for name, path in files.items():
-            clf = EmotionClassifier(path, threads=1)
-            one = random_pixels(clf, 1)
-            samples[name] += time_calls(lambda: clf.predict_pixels(one), max(1, reps // rounds), warmup=3)
-            del clf
-    return {name: percentiles(s)[0] for name, s in samples.items()}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="48,64,96", help="input sizes in px, comma-separated")
@@ -70,8 +54,10 @@ def main() -> int:
         files = {f"{ARCH} {s} px": int8_tflite(s, Path(tmp) / f"{ARCH}_{s}.tflite") for s in sizes}
         ref_path, _, ref_fmt = resolve_model(args.reference)
         files[f"{Path(args.reference).name} ({ref_fmt}, reference)"] = ref_path
-        p50 = latency_ms(files, args.reps)
-        rows = [(name, multiply_adds(path), path.stat().st_size / 1e6, p50[name]) for name, path in files.items()]
+        # Timed in turns, as `feredge bench` times formats, so a slow spell falls on all of them alike.
+        p50 = interleaved_latency([(name, path, None) for name, path in files.items()], [1], args.reps, rounds=5)
+        rows = [(name, multiply_adds(path), path.stat().st_size / 1e6, p50[(name, None)]["p50_ms_1t"])
+                for name, path in files.items()]
 
     head = ["model", "M multiply-adds", "int8 file MB", "p50 ms, 1 thread"]
     scale = None
