@@ -7,3 +7,11 @@ from pathlib import Path
 # editable install run from another folder), the source tree this package sits in.
 CHECKOUT = Path.cwd() if (Path.cwd() / "benchmarks" / "results").is_dir() else Path(__file__).resolve().parents[1]
 RESULTS_DIR = CHECKOUT / "benchmarks" / "results"
+
+
+def publish(path: Path, text: str) -> None:
+    """Write a result table (markdown) where the README's report reads it, and show it."""
+    text = text.rstrip("\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    print(text)

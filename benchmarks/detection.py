@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feredge.benchmarks import RESULTS_DIR
+from feredge.benchmarks import RESULTS_DIR, publish
 from feredge.benchmarks.e2e import FRAME
 
 RESULTS = RESULTS_DIR / "detection" / "detection.md"
@@ -121,9 +121,7 @@ def main(argv=None) -> int:
     table = markdown(operating_points(detections(sample.x, args.face_model, scales)), len(sample))
     if args.model:  # one pass at the default settings: affordable on every PublicTest face
         table += "\n" + gap_decomposition(args.model, args.face_model, val.x, val.y) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(table)
-    print(table)
+    publish(Path(args.out), table)
     return 0
 
 

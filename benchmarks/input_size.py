@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feredge.benchmarks import RESULTS_DIR
+from feredge.benchmarks import RESULTS_DIR, publish
 from feredge.benchmarks.bench import interleaved_latency, machine_name, multiply_adds
 
 ARCH = "resnet50v2"
@@ -62,10 +62,9 @@ def main() -> int:
     head = ["model", "M multiply-adds", "int8 file MB", "p50 ms, 1 thread"]
     scale = None
     if args.face_model:
-        from feredge.benchmarks.pi_estimate import PI4_YUNET_320_1T_MS, PI5_OVER_PI4, yunet_ms_here
+        from feredge.benchmarks.pi_estimate import PI5_OVER_PI4, pi4_slowdown, yunet_ms_here
 
-        here = yunet_ms_here(Path(args.face_model))
-        scale = [ms / here for ms in PI4_YUNET_320_1T_MS]
+        scale = pi4_slowdown(yunet_ms_here(Path(args.face_model)))
         head += ["Pi 4 ms (est.)", "Pi 5 ms (est.)"]
     ref_macs, ref_ms = rows[-1][1], rows[-1][3]
     lines = [f"ResNet50V2 int8 TFLite by input size, random weights, on {machine_name()} "
@@ -78,11 +77,7 @@ def main() -> int:
             cells += [f"{ms * scale[0]:.1f}–{ms * scale[1]:.1f}",
                       f"{ms * scale[0] / PI5_OVER_PI4:.1f}–{ms * scale[1] / PI5_OVER_PI4:.1f}"]
         lines.append("| " + " | ".join(cells + [f"{ms / ref_ms:.1f}x", f"{macs / ref_macs:.1f}x"]) + " |")
-    text = "\n".join(lines)
-    out = args.out / "input_size" / f"{ARCH}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
-    print(text)
+    publish(args.out / "input_size" / f"{ARCH}.md", "\n".join(lines))
     return 0
 
 

@@ -20,7 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
-from feredge.benchmarks import RESULTS_DIR
+from feredge.benchmarks import RESULTS_DIR, publish
 from feredge.benchmarks.bench import machine_name, slug
 from feredge.edge.detector import PI_PRESET
 
@@ -69,8 +69,14 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def pi4_slowdown(yunet_here_ms: float) -> tuple[float, float]:
+    """How many times slower a Pi 4 is than this machine (low, high): YuNet's published Pi 4 times over its time here."""
+    low, high = (ms / yunet_here_ms for ms in PI4_YUNET_320_1T_MS)
+    return low, high
+
+
 def estimate(bench_rows, loop_rows, yunet_here_ms: float) -> str:
-    low, high = (ms / yunet_here_ms for ms in PI4_YUNET_320_1T_MS)  # Pi 4 is this many times slower
+    low, high = pi4_slowdown(yunet_here_ms)
     four_threads = statistics.mean(PI4_YUNET_320_1T_MS) / statistics.mean(PI4_YUNET_320_4T_MS)
 
     def span(value, scale_lo, scale_hi, digits=1):
@@ -124,10 +130,7 @@ def main() -> int:
     here = yunet_ms_here(args.face_model)
     text = (f"Estimated from measurements on {machine_name()} (`python -m feredge.benchmarks.pi_estimate`); "
             "not measured on a Pi.\n\n" + estimate(bench_rows, loop_rows, here))
-    out = args.results / "pi" / "estimate.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
-    print(text)
+    publish(args.results / "pi" / "estimate.md", text)
     return 0
 
 
