@@ -11,7 +11,8 @@
 | onnx_float32    | model_float32.onnx   | float32 / float32          | float32 (opset 17)           |
 | onnx_int8       | model_int8.onnx      | float32 / float32 (QDQ)    | int8 per-channel / int8; float head |
 
-Full-integer formats are calibrated on a fixed, seeded sample of *training* images. Every artifact is
+Full-integer formats are calibrated on a fixed, seeded sample of *training* images, less any image whose
+activations are extreme outliers (drop_outlier_faces). Every artifact is
 then run through the edge runtime (LiteRT / onnxruntime, not TensorFlow) on FER-2013 PrivateTest and
 compared with the Keras model on the same images; a breach of the gate removes the artifact from the
 manifest, moves it to rejected/, and fails the export.
@@ -49,6 +50,8 @@ INT8_FORMATS = {"tflite_dynamic", "tflite_int8", "onnx_int8"}
 INT8_FLOAT_OPS = ["FULLY_CONNECTED", "SOFTMAX"]
 ONNX_FLOAT_OPS = ("Gemm", "MatMul", "Softmax")
 ONNX_OPSET = 17
+# A calibration image whose activations peak above this x the median image's is left out (drop_outlier_faces).
+OUTLIER_FACTOR = 10.0
 PREPROCESSING = ("grey; square face crop (see crop); resize to size x size (INTER_AREA shrinking, "
                  "INTER_LINEAR enlarging); float32 pixels 0..255 (scaling happens inside the model); "
                  "grey plane replicated when channels is 3")
@@ -131,6 +134,40 @@ def check_writable(out_dir: Path):
 def calibration_sample(train_x: np.ndarray, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return train_x[np.sort(rng.choice(len(train_x), size=min(n, len(train_x)), replace=False))]
+
+
+def drop_outlier_faces(saved_model_dir: Path, pixels: np.ndarray, factor: float = OUTLIER_FACTOR) -> tuple[np.ndarray, int]:
+    """The calibration images whose activations stay within `factor` x the median image's, and how many were dropped.
+
+    int8 calibration takes each tensor's range from its minimum and maximum over all calibration images,
+    so one image that drives the network to extreme activations stretches a range and leaves typical
+    faces a few quantization steps. Measured on a ResNet50V2 checkpoint (epoch 25 of its CPU run): 7 of 500
+    training faces peaked at 10-286 x the median image somewhere in the network; calibrated with them,
+    tflite_int8 agreed with Keras on 82.8 % of PrivateTest, without them on 97.6 %. Every activation tensor of the float32 TFLite
+    graph (the one the int8 converter calibrates) is checked, one image at a time.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    # Without the XNNPACK delegate, so that every intermediate tensor is computed and kept.
+    interp = Interpreter(model_content=to_tflite(saved_model_dir, "float32", None), experimental_preserve_all_tensors=True,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+    entry = interp.get_input_details()[0]["index"]
+    # Batch-1 4-D float tensors: the activations (constants among them, e.g. depthwise kernels, never vary).
+    taps = [t["index"] for t in interp.get_tensor_details()
+            if t["index"] != entry and t["dtype"] == np.float32 and len(t["shape"]) == 4 and t["shape"][0] == 1]
+    peaks = np.zeros((len(pixels), len(taps)), np.float32)
+    for i in range(len(pixels)):
+        interp.set_tensor(entry, pixels[i : i + 1].astype(np.float32))
+        interp.invoke()
+        peaks[i] = [np.abs(interp.get_tensor(t)).max() for t in taps]
+    median = np.median(peaks, 0)
+    ratio = (peaks[:, median > 0] / median[median > 0]).max(1, initial=0.0)
+    keep = ratio <= factor
+    if not keep.all():
+        log.info("int8 calibration: dropped %d of %d images whose activations peak above %g x the median image's "
+                 "(%s x)", (~keep).sum(), len(pixels), factor, ", ".join(f"{r:.0f}" for r in sorted(ratio[~keep])))
+    return pixels[keep], int((~keep).sum())
 
 
 # --- converters ---------------------------------------------------------------------------------
@@ -303,6 +340,9 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "saved_model"
         model.export(str(saved), verbose=False)  # TF SavedModel, the TFLite converter's input
+        calib_dropped = 0
+        if {"tflite_int8", "onnx_int8"} & set(formats):
+            calib, calib_dropped = drop_outlier_faces(saved, calib)
         onnx_float_tmp = Path(tmp) / "float32.onnx"
         for fmt in tqdm(formats, desc="exporting", unit="format", disable=not progress):
             path = out_dir / FORMATS[fmt]
@@ -343,7 +383,8 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
                   "layout": "NHWC", "preprocessing": PREPROCESSING, "crop": DEFAULT_CROP},
         "evaluation": {"split": "PrivateTest", "n": int(len(evalset)), "quick": bool(quick), "seed": seed,
                        "predictions": "argmax per image, in the order of the eval set; predictions_sha256 hashes them as int8"},
-        "calibration": {"split": "Training", "n": int(len(calib)), "seed": seed},
+        "calibration": {"split": "Training", "n": int(len(calib)), "seed": seed, "outliers_dropped": calib_dropped,
+                        "outlier_rule": f"an activation peak > {OUTLIER_FACTOR:g} x the median image's"},
         "keras_reference": reference,
         "formats": formats_out,
         "rejected": rejected,

@@ -16,6 +16,8 @@ def test_all_six_formats_pass_the_gate(tiny_models, mini_data):
     assert set(m["formats"]) == set(FORMATS) and m["rejected"] == {}
     assert m["keras_reference"]["accuracy"] > 0.7  # chance is 0.14: the predictions mean something
     assert m["evaluation"]["n"] == len(mini_data["test"]) and m["calibration"]["split"] == "Training"
+    calib = m["calibration"]
+    assert isinstance(calib["outliers_dropped"], int) and calib["n"] + calib["outliers_dropped"] == 100
     from feredge.edge.classifier import sha256_of
 
     for fmt, e in m["formats"].items():
@@ -29,6 +31,26 @@ def test_all_six_formats_pass_the_gate(tiny_models, mini_data):
     assert {"tensorflow", "keras", "tf2onnx", "onnxruntime", "ai-edge-litert"} <= set(m["tools"])
     for f in ("training_config.json", "training_metrics.json", "confusion_test.png", "curves.png"):
         assert (tiny_models / f).exists(), f
+
+
+def test_calibration_leaves_out_the_image_that_would_stretch_the_int8_ranges(tmp_path):
+    # A linear network: an image 20x brighter than the rest drives every activation 20x higher.
+    import keras
+
+    from feredge.export.export import drop_outlier_faces
+
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(2, 3, kernel_initializer="ones", use_bias=False)(inputs)
+    x = keras.layers.Conv2D(2, 3, kernel_initializer="ones", use_bias=False)(x)
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    saved = tmp_path / "saved_model"
+    keras.Model(inputs, outputs).export(str(saved), verbose=False)
+    pixels = np.random.default_rng(0).uniform(5, 10, (30, 8, 8, 1)).astype(np.float32)
+    pixels[7] *= 20
+    pixels[11] *= 5  # brighter, but within the rule's 10x: kept
+    kept, dropped = drop_outlier_faces(saved, pixels)
+    assert dropped == 1 and len(kept) == 29
+    np.testing.assert_array_equal(kept, np.delete(pixels, 7, axis=0))
 
 
 def test_gate_fails_on_a_damaged_artifact(tmp_path, tiny_run, mini_data):
