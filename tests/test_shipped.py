@@ -1,5 +1,5 @@
-"""The shipped model: files and checksums as the manifest says, accuracy as the gate measured, and the
-README's first command."""
+"""The shipped models (every folder under models/ with a manifest): files and checksums as the manifest
+says, accuracy as the gate measured, a benchmark row; and the README's first command on the default."""
 
 import json
 import subprocess
@@ -13,28 +13,34 @@ from feredge.edge.classifier import EmotionClassifier, sha256_of
 from feredge.edge.detector import default_model_dir
 from feredge.edge.preprocess import DEFAULT_CROP
 
-SHIPPED = REPO / "models" / "custom_cnn"
+SHIPPED = REPO / "models" / "custom_cnn"  # the default model
+SHIPPED_MODELS = sorted(p.parent for p in (REPO / "models").glob("*/manifest.json"))
+SHIPPED_FORMATS = [(d, fmt) for d in SHIPPED_MODELS for fmt in sorted(json.loads((d / "manifest.json").read_text())["formats"])]
 
 
-def test_shipped_model_is_the_default_and_matches_its_manifest():
+def test_default_is_the_custom_cnn():
     # The installed package's default model is the repository's models/custom_cnn (editable or copied).
     assert default_model_dir().name == "custom_cnn"
     assert (default_model_dir() / "manifest.json").read_text() == (SHIPPED / "manifest.json").read_text()
-    m = json.loads((SHIPPED / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("shipped", SHIPPED_MODELS, ids=lambda d: d.name)
+def test_shipped_model_matches_its_manifest(shipped):
+    m = json.loads((shipped / "manifest.json").read_text())
     assert {"tflite_int8", "onnx_int8"} & set(m["formats"])  # an int8 artifact that passed the gate
     for fmt, e in m["formats"].items():
-        assert sha256_of(SHIPPED / e["file"]) == e["sha256"], fmt
+        assert sha256_of(shipped / e["file"]) == e["sha256"], fmt
         assert e["gate"]["passed"]
     assert m["evaluation"] == {**m["evaluation"], "split": "PrivateTest", "n": 3589, "quick": False}
     assert m["input"]["crop"] == DEFAULT_CROP and set(m["input"]) == {"size", "channels", "dtype", "range", "layout",
                                                                       "preprocessing", "crop"}
     for f in ("training_config.json", "training_metrics.json", "confusion_test.png", "curves.png"):
-        assert (SHIPPED / f).exists(), f
+        assert (shipped / f).exists(), f
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("fmt", sorted(json.loads((SHIPPED / "manifest.json").read_text())["formats"]))
-def test_shipped_accuracy_reproduces_through_the_edge_runtime(fmt):
+@pytest.mark.parametrize("shipped, fmt", SHIPPED_FORMATS, ids=[f"{d.name}-{f}" for d, f in SHIPPED_FORMATS])
+def test_shipped_accuracy_reproduces_through_the_edge_runtime(shipped, fmt):
     path = real_data_path()
     if not path.exists():
         pytest.skip(f"FER-2013 not found at {path} (set FER2013_ZIP)")
@@ -42,8 +48,8 @@ def test_shipped_accuracy_reproduces_through_the_edge_runtime(fmt):
     from feredge.train.evaluate import classification_metrics, predict_split
 
     test = load_fer2013(path)["test"]
-    m = json.loads((SHIPPED / "manifest.json").read_text())["formats"][fmt]
-    clf = EmotionClassifier(SHIPPED, fmt=fmt)
+    m = json.loads((shipped / "manifest.json").read_text())["formats"][fmt]
+    clf = EmotionClassifier(shipped, fmt=fmt)
     pred = predict_split(clf.predict_pixels, test.x, clf.input_size, clf.channels, tta=False).argmax(1)
     acc = classification_metrics(test.y, pred)["accuracy"]
     assert acc == pytest.approx(m["accuracy"], abs=0.002)  # same figure as the gate saw (±7 images)
@@ -60,7 +66,8 @@ def test_readme_first_command_on_the_shipped_model(tmp_path, yunet):
     assert len(faces) == 1 and np.isclose(sum(faces[0]["probabilities"].values()), 1, atol=1e-3)
 
 
-def test_default_format_is_the_fastest_gated_int8_format_measured_on_this_machine():
+@pytest.mark.parametrize("shipped", SHIPPED_MODELS, ids=lambda d: d.name)
+def test_default_format_is_the_fastest_gated_int8_format_measured_on_this_machine(shipped):
     import csv
 
     from feredge.benchmarks.bench import machine_name, slug
@@ -69,12 +76,12 @@ def test_default_format_is_the_fastest_gated_int8_format_measured_on_this_machin
     results = REPO / "benchmarks" / "results" / f"{slug(machine_name())}.csv"
     if not results.exists():
         pytest.skip(f"no committed benchmark for this machine ({machine_name()}): run feredge bench")
-    shipped = json.loads((SHIPPED / "manifest.json").read_text())["formats"]
+    formats = json.loads((shipped / "manifest.json").read_text())["formats"]
     with open(results) as f:
         int8 = {r["format"]: float(r["p50_ms_1t"]) for r in csv.DictReader(f)
-                if r["model"] == "custom_cnn" and r["format"] in shipped and r["format"] in ("tflite_int8", "onnx_int8")}
-    assert int8, "the benchmark has no int8 row for the shipped model"
-    assert resolve_model(SHIPPED)[2] == min(int8, key=int8.get)
+                if r["model"] == shipped.name and r["format"] in formats and r["format"] in ("tflite_int8", "onnx_int8")}
+    assert int8, f"the benchmark has no int8 row for {shipped.name}: run feredge bench"
+    assert resolve_model(shipped)[2] == min(int8, key=int8.get)
 
 
 def test_the_shipped_model_rebuilt_from_onnx_gives_its_probabilities():
