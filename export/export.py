@@ -53,7 +53,13 @@ INT8_FLOAT_OPS = ["FULLY_CONNECTED", "SOFTMAX"]
 ONNX_FLOAT_OPS = ("Gemm", "MatMul", "Softmax")
 ONNX_OPSET = 17
 # A calibration image whose activations peak above this x the median image's is left out (drop_outlier_faces).
-OUTLIER_FACTOR = 10.0
+# Measured on a ResNet50V2 checkpoint (epoch 32 of its CPU run), int8 agreement with Keras on PublicTest:
+#   factor               none    10     5     3     2
+#   images dropped (500)    0    17    27    45    88
+#   tflite_int8 %        89.9  97.3  97.6  97.8  98.1
+#   onnx_int8 %             -  97.7  97.8  97.7  98.3
+# At 3 the shipped custom CNN's sample loses none (at 2, five), so its exported files stay reproducible.
+OUTLIER_FACTOR = 3.0
 PREPROCESSING = ("grey; square face crop (see crop); resize to size x size (INTER_AREA shrinking, "
                  "INTER_LINEAR enlarging); float32 pixels 0..255 (scaling happens inside the model); "
                  "grey plane replicated when channels is 3")
@@ -305,10 +311,11 @@ def tool_versions() -> dict:
 
 def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib_n: int = 500, seed: int = 0,
                  gate: Gate | None = None, name: str | None = None, progress: bool = True,
-                 calib_pixels: np.ndarray | None = None) -> dict:
+                 calib_pixels: np.ndarray | None = None, outlier_factor: float | None = None) -> dict:
     """Export, gate and write manifest.json. Raises GateError (after writing) if any format breaches.
 
-    calib_pixels replaces the seeded training sample for int8 calibration (tests use it to damage a model).
+    calib_pixels replaces the seeded training sample for int8 calibration (tests use it to damage a model);
+    outlier_factor (default OUTLIER_FACTOR) is drop_outlier_faces's rule.
     """
     from tqdm import tqdm
 
@@ -316,6 +323,7 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
     from feredge.train.evaluate import classification_metrics, predict_split
 
     gate = gate or Gate()
+    outlier_factor = OUTLIER_FACTOR if outlier_factor is None else outlier_factor
     formats = parse_formats(formats) if isinstance(formats, (str, type(None))) else formats
     keras_path, run_dir = resolve_source(source)
     out_dir = Path(out_dir)
@@ -344,7 +352,7 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
         model.export(str(saved), verbose=False)  # TF SavedModel, the TFLite converter's input
         calib_dropped = 0
         if CALIBRATED_FORMATS & set(formats):
-            calib, calib_dropped = drop_outlier_faces(saved, calib)
+            calib, calib_dropped = drop_outlier_faces(saved, calib, outlier_factor)
         onnx_float_tmp = Path(tmp) / "float32.onnx"
         for fmt in tqdm(formats, desc="exporting", unit="format", disable=not progress):
             path = out_dir / FORMATS[fmt]
@@ -386,7 +394,7 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
         "evaluation": {"split": "PrivateTest", "n": int(len(evalset)), "quick": bool(quick), "seed": seed,
                        "predictions": "argmax per image, in the order of the eval set; predictions_sha256 hashes them as int8"},
         "calibration": {"split": "Training", "n": int(len(calib)), "seed": seed, "outliers_dropped": calib_dropped,
-                        "outlier_rule": f"an activation peak > {OUTLIER_FACTOR:g} x the median image's"},
+                        "outlier_rule": f"an activation peak > {outlier_factor:g} x the median image's"},
         "keras_reference": reference,
         "formats": formats_out,
         "rejected": rejected,

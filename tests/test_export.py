@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from feredge.edge.preprocess import DEFAULT_CROP
-from feredge.export.export import FORMATS, ExportError, GateError, export_model, parse_formats
+from feredge.export.export import FORMATS, OUTLIER_FACTOR, ExportError, GateError, export_model, parse_formats
 
 
 def test_all_six_formats_pass_the_gate(tiny_models, mini_data):
@@ -18,6 +18,7 @@ def test_all_six_formats_pass_the_gate(tiny_models, mini_data):
     assert m["evaluation"]["n"] == len(mini_data["test"]) and m["calibration"]["split"] == "Training"
     calib = m["calibration"]
     assert isinstance(calib["outliers_dropped"], int) and calib["n"] + calib["outliers_dropped"] == 100
+    assert calib["outlier_rule"] == f"an activation peak > {OUTLIER_FACTOR:g} x the median image's"
     from feredge.edge.classifier import sha256_of
 
     for fmt, e in m["formats"].items():
@@ -47,10 +48,12 @@ def test_calibration_leaves_out_the_image_that_would_stretch_the_int8_ranges(tmp
     keras.Model(inputs, outputs).export(str(saved), verbose=False)
     pixels = np.random.default_rng(0).uniform(5, 10, (30, 8, 8, 1)).astype(np.float32)
     pixels[7] *= 20
-    pixels[11] *= 5  # brighter, but within the rule's 10x: kept
+    pixels[11] *= 2  # brighter, but within the default rule's 3x: kept
     kept, dropped = drop_outlier_faces(saved, pixels)
     assert dropped == 1 and len(kept) == 29
     np.testing.assert_array_equal(kept, np.delete(pixels, 7, axis=0))
+    assert drop_outlier_faces(saved, pixels, factor=1.5)[1] == 2
+    assert drop_outlier_faces(saved, pixels, factor=float("inf"))[1] == 0
 
 
 def test_gate_fails_on_a_damaged_artifact(tmp_path, tiny_run, mini_data):

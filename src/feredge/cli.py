@@ -96,7 +96,7 @@ def _export(args):
         data = load_fer2013(args.data)
     gate = Gate(args.max_drop_float, args.min_agreement_float, args.max_drop_int8, args.min_agreement_int8)
     manifest = export_model(args.source, args.out, formats=args.formats, data=data, quick=args.quick,
-                            calib_n=args.calib, gate=gate)
+                            calib_n=args.calib, gate=gate, outlier_factor=args.outlier_factor)
     ref = manifest["keras_reference"]
     print(f"{'format':16} {'acc %':>7} {'drop pt':>8} {'agree %':>8} {'macro-F1':>8} {'KB':>7}")
     print(f"{'keras':16} {100 * ref['accuracy']:7.2f} {'':>8} {'':>8} {ref['macro_f1']:8.4f}")
@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--data")
     x.add_argument("--quick", type=int, default=0, help="gate on a fixed stratified subset of N PrivateTest images")
     x.add_argument("--calib", type=int, default=500, help="training images for int8 calibration (default 500)")
+    x.add_argument("--outlier-factor", type=float,
+                   help="leave out int8 calibration images whose activations peak above this x the median "
+                        "image's (default: export.OUTLIER_FACTOR, 3; inf keeps every image)")
     x.add_argument("--max-drop-float", type=float, default=0.1)
     x.add_argument("--min-agreement-float", type=float, default=99.5)
     x.add_argument("--max-drop-int8", type=float, default=1.0)
