@@ -367,7 +367,8 @@ def main(args) -> int:
     note = (f"Python {platform.python_version()}, {len(evalset)} PrivateTest images, {reps} timed runs per latency, "
             f"the formats taking turns over 10 rounds (medians; warm-up excluded); `{command}`. "
             "Latency is the classifier alone on one preprocessed face. "
-            "accuracy / macro_f1: on the 48x48 crops; e2e_*: the same faces composited into 640x480 frames, "
+            "accuracy / macro_f1: on FER-2013's 48x48 faces, resized to each model's input; "
+            "e2e_*: the same faces composited into 640x480 frames, "
             "found by YuNet and cropped by the runtime, a missed face counting as wrong"
             + (f" (faces found: {', '.join(f'{k} {v} %' for k, v in found_pct.items())})." if found_pct else "."))
     (out / f"{name}.md").write_text(markdown(rows, e2e, machine, note))
