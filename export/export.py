@@ -12,8 +12,8 @@
 | onnx_int8       | model_int8.onnx      | float32 / float32 (QDQ)    | int8 per-channel / int8; float head |
 
 Full-integer formats are calibrated on a fixed, seeded sample of *training* images, less any image whose
-activations are extreme outliers (drop_outlier_faces). Every artifact is
-then run through the edge runtime (LiteRT / onnxruntime, not TensorFlow) on FER-2013 PrivateTest and
+activations are extreme outliers (drop_outlier_faces). Every artifact is then run through the edge
+runtime (LiteRT / onnxruntime, not TensorFlow) on FER-2013 PrivateTest and
 compared with the Keras model on the same images; a breach of the gate removes the artifact from the
 manifest, moves it to rejected/, and fails the export.
 """

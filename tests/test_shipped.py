@@ -12,10 +12,12 @@ from conftest import REPO, real_data_path
 from feredge.edge.classifier import EmotionClassifier, sha256_of
 from feredge.edge.detector import default_model_dir
 from feredge.edge.preprocess import DEFAULT_CROP
+from feredge.export.export import CALIBRATED_FORMATS
 
 SHIPPED = REPO / "models" / "custom_cnn"  # the default model
 SHIPPED_MODELS = sorted(p.parent for p in (REPO / "models").glob("*/manifest.json"))
-SHIPPED_FORMATS = [(d, fmt) for d in SHIPPED_MODELS for fmt in sorted(json.loads((d / "manifest.json").read_text())["formats"])]
+SHIPPED_FORMATS = [(d, fmt) for d in SHIPPED_MODELS
+                   for fmt in sorted(json.loads((d / "manifest.json").read_text())["formats"])]
 
 
 def test_default_is_the_custom_cnn():
@@ -27,7 +29,7 @@ def test_default_is_the_custom_cnn():
 @pytest.mark.parametrize("shipped", SHIPPED_MODELS, ids=lambda d: d.name)
 def test_shipped_model_matches_its_manifest(shipped):
     m = json.loads((shipped / "manifest.json").read_text())
-    assert {"tflite_int8", "onnx_int8"} & set(m["formats"])  # an int8 artifact that passed the gate
+    assert CALIBRATED_FORMATS & set(m["formats"])  # a full-integer artifact that passed the gate
     for fmt, e in m["formats"].items():
         assert sha256_of(shipped / e["file"]) == e["sha256"], fmt
         assert e["gate"]["passed"]
@@ -79,7 +81,7 @@ def test_default_format_is_the_fastest_gated_int8_format_measured_on_this_machin
     formats = json.loads((shipped / "manifest.json").read_text())["formats"]
     with open(results) as f:
         int8 = {r["format"]: float(r["p50_ms_1t"]) for r in csv.DictReader(f)
-                if r["model"] == shipped.name and r["format"] in formats and r["format"] in ("tflite_int8", "onnx_int8")}
+                if r["model"] == shipped.name and r["format"] in formats and r["format"] in CALIBRATED_FORMATS}
     assert int8, f"the benchmark has no int8 row for {shipped.name}: run feredge bench"
     assert resolve_model(shipped)[2] == min(int8, key=int8.get)
 
