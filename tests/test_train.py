@@ -78,6 +78,40 @@ def test_the_float32_copy_reaches_inside_a_nested_backbone():
     assert np.allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.05)  # same weights
 
 
+def test_a_time_budget_warms_up_then_follows_the_clock_down_and_stops_in_time():
+    import types
+
+    from feredge.train.train import time_budget_callback
+
+    now = [0.0]
+    callback = time_budget_callback(tiny_cfg(learning_rate=0.1, warmup_epochs=2, time_budget_s=100), clock=lambda: now[0])
+    model = types.SimpleNamespace(optimizer=types.SimpleNamespace(learning_rate=None), stop_training=False)
+    callback.set_model(model)
+    callback.on_train_begin()
+    rates, logged = [], []
+    for epoch in range(50):  # epochs of 10 s: ten fit the 100 s budget
+        callback.on_epoch_begin(epoch)
+        rates.append(model.optimizer.learning_rate)
+        now[0] += 10
+        logs = {}
+        callback.on_epoch_end(epoch, logs)
+        logged.append(logs["learning_rate"])
+        if model.stop_training:
+            break
+    assert len(rates) == 10 and logged == rates
+    assert rates[:3] == pytest.approx([0.05, 0.1, 0.1])  # warm-up, then the cosine's start
+    assert all(a > b for a, b in zip(rates[2:], rates[3:])) and 0.001 < rates[-1] < 0.01
+
+
+def test_a_time_budgeted_run_sets_its_rate_and_will_not_resume(tmp_path, mini_data):
+    cfg = tiny_cfg(widths=[4, 8], epochs=2, warmup_epochs=2, learning_rate=0.004, time_budget_s=3600)
+    train(cfg, tmp_path, data=mini_data)
+    with open(tmp_path / "history.csv") as f:
+        assert [float(r["learning_rate"]) for r in csv.DictReader(f)] == pytest.approx([0.002, 0.004])
+    with pytest.raises(ValueError, match="starts fresh"):
+        train(cfg, tmp_path, data=mini_data)
+
+
 def test_resume_continues_where_the_run_stopped(tmp_path, mini_data, monkeypatch):
     import feredge.train.train as train_module
 
@@ -485,3 +519,24 @@ def test_gpu_weights_come_back_in_float16_parts_and_rebuild_the_model(tmp_path, 
     parts[-1].unlink()
     with pytest.raises(SystemExit, match="a part missing"):
         gpu_weights.join(tmp_path / "parts", tmp_path / "run2")
+
+
+def test_gpu_runs_side_by_side_send_back_the_best_on_publictest(tmp_path, tiny_run):
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("gpu_weights", REPO / "train" / "gpu" / "weights.py")
+    gpu_weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_weights)
+    runs = []
+    for seed, acc in ((1, 0.3), (2, 0.6), (3, 0.9)):  # the third saved no model
+        run = tmp_path / f"run{seed}"
+        shutil.copytree(tiny_run, run)
+        (run / "history.csv").write_text(f"epoch,val_accuracy\n0,{acc}\n")
+        (run / "config.json").write_text(json.dumps({**json.loads((run / "config.json").read_text()), "seed": seed}))
+        runs.append(run)
+    (runs[2] / "best.keras").unlink()
+    gpu_weights.best(tmp_path / "out", runs)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["seed"] == 2
+    with pytest.raises(SystemExit, match="no run saved a model"):
+        gpu_weights.best(tmp_path / "none", runs[2:])

@@ -91,7 +91,7 @@ def load_fer2013(path, val_fraction: float = 0.1, seed: int = 0, use_cache: bool
             raise DataError(f"class {', '.join(missing)} has no images in the train split of {path}")
     if use_cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")  # runs started together each write their own
         np.savez_compressed(tmp, **{f"{s}_{k}": getattr(splits[s], k) for s in SPLITS for k in ("x", "y")})
         tmp.replace(cache)
     return splits

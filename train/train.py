@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feredge.edge.preprocess import LABELS, preprocess_faces
+from feredge.edge.preprocess import LABELS, preprocess_faces, resize_face
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -50,6 +50,8 @@ DEFAULTS = {
                                   # and saved in their place (Keras's use_ema); 0 disables
     "precision": "float32",       # float32 | mixed_bfloat16 | mixed_float16
     "patience": 0,                # early stopping on val accuracy; 0 disables
+    "time_budget_s": 0,           # >0: train for this many seconds (a GPU lease): `epochs` becomes a cap, the
+                                  # cosine follows the clock and the run stops before an epoch would overrun
     "seed": 0,
     "max_train_samples": 0,       # >0: a seeded stratified subset, for quick runs
     "max_eval_samples": 0,
@@ -224,6 +226,61 @@ def save_best_callback(model, path: Path, best: float):
     return SaveBest()
 
 
+def time_budget_callback(cfg: dict, clock=time.monotonic):
+    """Fits a run into cfg["time_budget_s"] seconds from the start of fit(): linear warm-up over the first
+    warmup_epochs, then a cosine (to 1 % of the rate) over the time left, set at each epoch's start; stops
+    when the next epoch, as long as the last one, would end past the budget."""
+    import keras
+
+    budget, base, warmup = cfg["time_budget_s"], cfg["learning_rate"], cfg["warmup_epochs"]
+
+    class TimeBudget(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start = self.cosine_start = clock()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_start = clock()
+            if epoch < warmup:
+                self.rate = base * (epoch + 1) / warmup
+            else:
+                if epoch == warmup:
+                    self.cosine_start = self.epoch_start
+                left = self.start + budget - self.cosine_start
+                progress = min(1.0, (self.epoch_start - self.cosine_start) / left) if left > 0 else 1.0
+                self.rate = base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+            self.model.optimizer.learning_rate = self.rate
+
+        def on_epoch_end(self, epoch, logs=None):
+            now = clock()
+            if logs is not None:
+                logs["learning_rate"] = self.rate
+            if now + (now - self.epoch_start) > self.start + budget:
+                log.info("time budget: stopping after epoch %d, %.0f s of %.0f", epoch + 1, now - self.start, budget)
+                self.model.stop_training = True
+
+    return TimeBudget()
+
+
+def throughput_callback(batch_size: int, steps: int = 20):
+    """Logs how long the first step took (compilation included) and the training rate over the next
+    `steps` steps: a run's speed in its first seconds, not after its first epoch."""
+    import keras
+
+    class Throughput(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.times = [time.monotonic()]
+
+        def on_train_batch_end(self, batch, logs=None):
+            if len(self.times) <= steps + 1:
+                self.times.append(time.monotonic())
+                if len(self.times) == 2:
+                    log.info("first step: %.1f s (compilation included)", self.times[1] - self.times[0])
+                elif len(self.times) == steps + 2:
+                    log.info("steps 2-%d: %.0f img/s", steps + 1, steps * batch_size / (self.times[-1] - self.times[1]))
+
+    return Throughput()
+
+
 def best_so_far(history_csv: Path) -> float:
     if not history_csv.exists():
         return -1.0
@@ -249,6 +306,8 @@ def train(cfg: dict, run_dir: Path, data=None) -> dict:
         saved = {**DEFAULTS, **json.loads(resolved.read_text())}  # keys added since the run began: their defaults
         if {k: v for k, v in saved.items() if k != "epochs"} != {k: v for k, v in cfg.items() if k != "epochs"}:
             raise ValueError(f"{run_dir} holds a run with another config; resume it with the same config or use a new --run-dir")
+        if cfg["time_budget_s"]:
+            raise ValueError(f"{run_dir} holds a started run: a time-budgeted run starts fresh (use a new --run-dir)")
         log.info("resuming the run in %s", run_dir)
     resolved.write_text(json.dumps(cfg, indent=2))
     # Seeded by the epochs already done: a resumed run must not replay the shuffles and augmentations
@@ -267,7 +326,7 @@ def _train(cfg: dict, run_dir: Path, data, run_seed: int) -> dict:
     import keras
 
     from feredge.train import augment, distill, models
-    from feredge.train.data import default_data_path, load_fer2013
+    from feredge.train.data import Split, default_data_path, load_fer2013
     from feredge.train.evaluate import evaluate_and_report
 
     log.info("Keras %s, backend %s, precision %s", keras.__version__, keras.backend.backend(), cfg["precision"])
@@ -276,6 +335,8 @@ def _train(cfg: dict, run_dir: Path, data, run_seed: int) -> dict:
     train_split = subset(data["train"], cfg["max_train_samples"], cfg["seed"])
     val_split = subset(data["val"], cfg["max_eval_samples"], cfg["seed"])
     channels = models.INPUT_CHANNELS[cfg["arch"]]
+    # Enlarged once, not per batch: resizing every batch to 96 px halved the rate a GPU could be fed at.
+    train_split = Split(np.stack([resize_face(face, cfg["input_size"]) for face in train_split.x]), train_split.y)
     weights = class_weights(train_split.y, cfg["class_weight"])
     log.info("train %d, val %d images; class weights %s", len(train_split), len(val_split),
              dict(zip(LABELS, np.round(weights, 2).tolist())))
@@ -296,8 +357,15 @@ def _train(cfg: dict, run_dir: Path, data, run_seed: int) -> dict:
             fit_model = augment.training_model(model, cfg["augment"])
             loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg["label_smoothing"])
             metrics = ["accuracy"]
-        fit_model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=metrics)
-        callbacks = [
+        # Under JAX, compile()'s "auto" turns XLA off for a model holding RandomRotation, RandomTranslation
+        # or RandomZoom (their supports_jit is TensorFlow's answer), and unjitted JAX runs op by op: 4 s a
+        # step on an H200. Their JAX kernels jit; TensorFlow keeps "auto" (no XLA: faster on CPU).
+        jit = True if keras.backend.backend() == "jax" else "auto"
+        fit_model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=metrics, jit_compile=jit)
+        callbacks = [throughput_callback(cfg["batch_size"])]
+        if cfg["time_budget_s"]:
+            callbacks.append(time_budget_callback(cfg))  # before CSVLogger, which logs its rate
+        callbacks += [
             # Kept after a finished run too, so that a larger --epochs extends the run where it stopped.
             keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),
             keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
@@ -324,6 +392,8 @@ def make_optimizer(cfg: dict, steps_per_epoch: int):
     import keras
 
     warmup = cfg["warmup_epochs"] * steps_per_epoch
+    if cfg["time_budget_s"]:  # time_budget_callback sets the rate at each epoch's start
+        cfg = {**cfg, "schedule": "constant", "learning_rate": cfg["learning_rate"] / 100}
     total = max(1, cfg["epochs"] * steps_per_epoch - warmup)
     if cfg["schedule"] == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(

@@ -2,6 +2,7 @@
 all): ResNet50V2's best.keras is about 94 MB in float32, its weights 47 MB in float16.
 
     python3 train/gpu/weights.py split RUN_DIR $OUT            # there: RUN_DIR/best.keras -> parts
+    python3 train/gpu/weights.py best $OUT RUN_DIR...          # there: the best run on PublicTest -> parts
     python train/gpu/weights.py join PARTS_DIR RUN_DIR         # here: parts -> RUN_DIR/best.keras
 
 `split` writes the weights as float16 in parts of at most 15 MiB plus the run's config.json; `join`
@@ -39,6 +40,18 @@ def split(run_dir: Path, out_dir: Path, part_bytes: int = PART_BYTES) -> list[Pa
     return parts
 
 
+def best(out_dir: Path, run_dirs: list[Path]) -> list[Path]:
+    """Split the run whose best.keras scored highest on PublicTest (its history.csv) of those that saved one."""
+    from feredge.train.train import best_so_far
+
+    scores = {r: best_so_far(r / "history.csv") for r in run_dirs if (r / "best.keras").exists()}
+    for r in run_dirs:
+        print(f"{r}: best PublicTest accuracy {scores[r]:.4f}" if r in scores else f"{r}: no best.keras")
+    if not scores:
+        raise SystemExit("best: no run saved a model")
+    return split(max(scores, key=scores.get), out_dir)
+
+
 def join(parts_dir: Path, run_dir: Path) -> Path:
     from feredge.train.models import build_model
 
@@ -65,8 +78,16 @@ if __name__ == "__main__":
     s = sub.add_parser("split")
     s.add_argument("run_dir", type=Path)
     s.add_argument("out_dir", type=Path)
+    b = sub.add_parser("best")
+    b.add_argument("out_dir", type=Path)
+    b.add_argument("run_dirs", type=Path, nargs="+")
     j = sub.add_parser("join")
     j.add_argument("parts_dir", type=Path)
     j.add_argument("run_dir", type=Path)
     a = p.parse_args()
-    print(split(a.run_dir, a.out_dir) if a.verb == "split" else join(a.parts_dir, a.run_dir))
+    if a.verb == "split":
+        print(split(a.run_dir, a.out_dir))
+    elif a.verb == "best":
+        print(best(a.out_dir, a.run_dirs))
+    else:
+        print(join(a.parts_dir, a.run_dir))
