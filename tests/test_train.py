@@ -184,11 +184,13 @@ def test_one_training_step_under_the_jax_backend_with_data_parallel(tmp_path, mi
     # reaches; the subprocess timeout below is the real limit.
     xla_flags = ("--xla_force_host_platform_device_count=2 --xla_cpu_collective_call_terminate_timeout_seconds=540"
                  " --xla_cpu_collective_timeout_seconds=540")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu", "JAX_LOG_COMPILES": "1"}
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "RESULT jax 14" in r.stdout
     assert "DataParallel over 2 devices" in r.stderr
+    # The training step is compiled whole, with the augmentation in it, not run op by op.
+    assert "compilation of jit(train_step)" in r.stderr and "compilation of jit(conv_general_dilated)" not in r.stderr
     # A model trained under JAX loads under TensorFlow (this process) for export.
     import keras
 
