@@ -503,14 +503,20 @@ def test_a_run_without_a_test_split_validates_and_reports_what_it_has(tmp_path, 
     assert (tmp_path / "best.keras").exists() and not (tmp_path / "confusion_test.json").exists()
 
 
-def test_gpu_weights_come_back_in_float16_parts_and_rebuild_the_model(tmp_path, tiny_run):
+def load_gpu_weights():
+    """train/gpu/weights.py, a script run on the GPU machine, as a module."""
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location("gpu_weights", REPO / "train" / "gpu" / "weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_weights_come_back_in_float16_parts_and_rebuild_the_model(tmp_path, tiny_run):
     import keras
 
-    spec = importlib.util.spec_from_file_location("gpu_weights", REPO / "train" / "gpu" / "weights.py")
-    gpu_weights = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_weights)
+    gpu_weights = load_gpu_weights()
     parts = gpu_weights.split(tiny_run, tmp_path / "parts", part_bytes=4096)
     assert len(parts) > 1 and all(p.stat().st_size <= 4096 for p in parts)
     rebuilt = gpu_weights.join(tmp_path / "parts", tmp_path / "run")
@@ -524,12 +530,9 @@ def test_gpu_weights_come_back_in_float16_parts_and_rebuild_the_model(tmp_path, 
 
 
 def test_gpu_runs_side_by_side_send_back_the_best_on_publictest(tmp_path, tiny_run):
-    import importlib.util
     import shutil
 
-    spec = importlib.util.spec_from_file_location("gpu_weights", REPO / "train" / "gpu" / "weights.py")
-    gpu_weights = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_weights)
+    gpu_weights = load_gpu_weights()
     runs = []
     for seed, acc in ((1, 0.3), (2, 0.6), (3, 0.9)):  # the third saved no model
         run = tmp_path / f"run{seed}"
