@@ -156,3 +156,15 @@ def test_resnet_input_size_table_times_int8_resnet50v2_beside_the_reference(tmp_
     assert macs > 50  # ResNet50V2 at 32 px: far more than the tiny reference's 0.8 M
     reference = next(line for line in text.splitlines() if line.startswith(f"| {tiny_models.name} (tflite_int8, reference)"))
     assert reference.rstrip(" |").endswith("| 1.0x | 1.0x")
+
+
+def test_train_speed_times_the_config_bare_then_with_augmentation_then_with_its_teacher(tiny_run, capsys):
+    from feredge.benchmarks.train_speed import main
+
+    main(["--config", "custom_cnn.toml", "--set", "widths=[8, 16]", "--set", "batch_size=8",
+          "--set", "precision=float32", "--set", f"teacher={tiny_run / 'best.keras'}", "--steps", "2"])
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "ms/step" not in line]
+    assert [r[1].strip() for r in rows] == ["bare model", "+ augmentation", "+ augmentation + teacher"]
+    for r in rows:
+        ms, img_s = float(r[2]), float(r[3])
+        assert ms > 0 and abs(img_s - 8 / (ms / 1000)) <= 0.05 * img_s  # img/s is the batch over the step time

@@ -329,7 +329,7 @@ def train(cfg: dict, run_dir: Path, data=None) -> dict:
 def _train(cfg: dict, run_dir: Path, data, run_seed: int) -> dict:
     import keras
 
-    from feredge.train import augment, distill, models
+    from feredge.train import models
     from feredge.train.data import Split, default_data_path, load_fer2013
     from feredge.train.evaluate import evaluate_and_report
 
@@ -349,20 +349,7 @@ def _train(cfg: dict, run_dir: Path, data, run_seed: int) -> dict:
     steps_per_epoch = len(batches)
     with distribution(cfg["data_parallel"]) as how:
         log.info("distribution: %s", how)
-        if cfg["init_from"]:
-            model = models.start_from(cfg["init_from"], cfg["arch"], cfg["input_size"], cfg["widths"], cfg["dropout"])
-        else:
-            model = models.build_model(cfg["arch"], cfg["input_size"], cfg["weights"], cfg["dropout"], tuple(cfg["widths"]))
-        if cfg["teacher"]:
-            teacher = distill.load_teacher(cfg["teacher"], model.input_shape[1:])
-            fit_model = augment.training_model(model, cfg["augment"], teacher, cfg["teacher_flip"])
-            loss = distill.distillation_loss(cfg["distill_weight"], cfg["distill_temperature"], cfg["label_smoothing"])
-            metrics = [distill.student_accuracy()]
-        else:
-            fit_model = augment.training_model(model, cfg["augment"])
-            loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg["label_smoothing"])
-            metrics = ["accuracy"]
-        fit_model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=metrics)
+        model, fit_model = build_fit_model(cfg, steps_per_epoch)
         callbacks = [throughput_callback(cfg["batch_size"])]
         if cfg["time_budget_s"]:
             callbacks.append(time_budget_callback(cfg))  # before CSVLogger, which logs its rate
@@ -386,6 +373,30 @@ def _train(cfg: dict, run_dir: Path, data, run_seed: int) -> dict:
     metrics = evaluate_and_report(run_dir / "best.keras", data, run_dir, splits=("val", "test"),
                                   tta=cfg["tta"], max_samples=cfg["max_eval_samples"], seed=cfg["seed"])
     return metrics
+
+
+def build_fit_model(cfg: dict, steps_per_epoch: int):
+    """(model, fit_model): the inference model, and the compiled model fit() trains (augmentation and,
+    with a teacher, distillation around the model)."""
+    import keras
+
+    from feredge.train import augment, distill, models
+
+    if cfg["init_from"]:
+        model = models.start_from(cfg["init_from"], cfg["arch"], cfg["input_size"], cfg["widths"], cfg["dropout"])
+    else:
+        model = models.build_model(cfg["arch"], cfg["input_size"], cfg["weights"], cfg["dropout"], tuple(cfg["widths"]))
+    if cfg["teacher"]:
+        teacher = distill.load_teacher(cfg["teacher"], model.input_shape[1:])
+        fit_model = augment.training_model(model, cfg["augment"], teacher, cfg["teacher_flip"])
+        loss = distill.distillation_loss(cfg["distill_weight"], cfg["distill_temperature"], cfg["label_smoothing"])
+        metrics = [distill.student_accuracy()]
+    else:
+        fit_model = augment.training_model(model, cfg["augment"])
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg["label_smoothing"])
+        metrics = ["accuracy"]
+    fit_model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=metrics)
+    return model, fit_model
 
 
 def make_optimizer(cfg: dict, steps_per_epoch: int):
