@@ -19,20 +19,17 @@ def step_times(cfg: dict, steps: int, warmup: int = 2) -> list[float]:
     """Seconds per train_on_batch for cfg's fit model, after `warmup` untimed steps."""
     import keras
 
-    from feredge.train.models import INPUT_CHANNELS
+    from feredge.edge.preprocess import LABELS
+    from feredge.train.models import INPUT_CHANNELS, precision_policy
     from feredge.train.train import build_fit_model
 
     keras.utils.set_random_seed(cfg["seed"])
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(cfg["precision"])
-    try:
+    with precision_policy(cfg["precision"]):
         _, fit_model = build_fit_model(cfg, steps_per_epoch=100)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
     rng = np.random.default_rng(0)
     n, size = cfg["batch_size"], cfg["input_size"]
     x = rng.uniform(0, 255, (n, size, size, INPUT_CHANNELS[cfg["arch"]])).astype(np.float32)
-    y = np.eye(7, dtype=np.float32)[rng.integers(0, 7, n)]
+    y = np.eye(len(LABELS), dtype=np.float32)[rng.integers(0, len(LABELS), n)]
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
@@ -53,17 +50,14 @@ def variants(cfg: dict) -> dict[str, dict]:
 
 def main(argv=None):
     from feredge.benchmarks.bench import machine_name
-    from feredge.train.train import load_config, merge_config, parse_override
+    from feredge.train.train import load_config, parse_overrides
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="a training config (train/configs/*.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--steps", type=int, default=8, help="timed steps per variant (default 8)")
     args = p.parse_args(argv)
-    overrides: dict = {}
-    for text in args.set:
-        merge_config(overrides, parse_override(text))
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, parse_overrides(args.set))
     print(f"{cfg['arch']} at {cfg['input_size']} px, batch {cfg['batch_size']}, {cfg['precision']}, on {machine_name()}: "
           f"median of {args.steps} steps\n")
     print("| variant | ms/step | img/s |\n|---|---:|---:|")

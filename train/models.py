@@ -7,6 +7,7 @@ Only inference layers live here; random augmentation is added around the model a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -216,6 +217,18 @@ def load_imagenet_weights(backbone: keras.Model, arch: str, weights) -> str:
     return "imagenet"
 
 
+@contextlib.contextmanager
+def precision_policy(name: str):
+    """Keras's global dtype policy set to name inside the block, and put back after it: later model
+    loading in the process must not inherit a half-precision policy."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def float32_copy(model: keras.Model) -> keras.Model:
     """The same network with every layer in float32: what is saved and exported after a
     mixed-precision (bfloat16/float16) run, so no half-precision casts reach TFLite or ONNX."""
@@ -225,12 +238,9 @@ def float32_copy(model: keras.Model) -> keras.Model:
         config["dtype"] = "float32"
         return layer.__class__.from_config(config)
 
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")  # the input layer takes the global policy
-    try:  # recursive: the layers inside a nested backbone (ResNet50V2, VGG16) too
+    with precision_policy("float32"):  # the input layer takes the global policy
+        # recursive: the layers inside a nested backbone (ResNet50V2, VGG16) too
         copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     copy.set_weights(model.get_weights())
     return copy
 

@@ -42,11 +42,9 @@ def _detect(args):
 
 
 def _train(args):
-    from feredge.train.train import load_config, merge_config, parse_override, train
+    from feredge.train.train import load_config, parse_overrides, train
 
-    overrides: dict = {}
-    for text in args.set or []:
-        merge_config(overrides, parse_override(text))
+    overrides = parse_overrides(args.set)
     for key in ("epochs", "data", "seed"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
