@@ -78,16 +78,22 @@ def test_the_float32_copy_reaches_inside_a_nested_backbone():
     assert np.allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.05)  # same weights
 
 
-def test_a_time_budget_warms_up_then_follows_the_clock_down_and_stops_in_time():
+def budgeted(**cfg):
+    """A time_budget_callback on a fake clock (now[0], seconds) and a stand-in model, training begun."""
     import types
 
     from feredge.train.train import time_budget_callback
 
     now = [0.0]
-    callback = time_budget_callback(tiny_cfg(learning_rate=0.1, warmup_epochs=2, time_budget_s=100), clock=lambda: now[0])
+    callback = time_budget_callback(tiny_cfg(**cfg), clock=lambda: now[0])
     model = types.SimpleNamespace(optimizer=types.SimpleNamespace(learning_rate=None), stop_training=False)
     callback.set_model(model)
     callback.on_train_begin()
+    return callback, model, now
+
+
+def test_a_time_budget_warms_up_then_follows_the_clock_down_and_stops_in_time():
+    callback, model, now = budgeted(learning_rate=0.1, warmup_epochs=2, time_budget_s=100)
     rates, logged = [], []
     for epoch in range(50):  # epochs of 10 s: ten fit the 100 s budget
         callback.on_epoch_begin(epoch)
@@ -101,6 +107,17 @@ def test_a_time_budget_warms_up_then_follows_the_clock_down_and_stops_in_time():
     assert len(rates) == 10 and logged == rates
     assert rates[:3] == pytest.approx([0.05, 0.1, 0.1])  # warm-up, then the cosine's start
     assert all(a > b for a, b in zip(rates[2:], rates[3:])) and 0.001 < rates[-1] < 0.01
+
+
+def test_a_time_budget_does_not_judge_the_next_epochs_by_the_first_which_compiles():
+    callback, model, now = budgeted(learning_rate=0.1, warmup_epochs=1, time_budget_s=100)
+    epochs = 0
+    while not model.stop_training:
+        callback.on_epoch_begin(epochs)
+        now[0] += 60 if epochs == 0 else 5  # a first epoch of 60 s (compilation), then 5 s each
+        callback.on_epoch_end(epochs, {})
+        epochs += 1
+    assert epochs == 9 and now[0] == 100  # 60 + 8 x 5: the budget used to the second
 
 
 def test_a_time_budgeted_run_sets_its_rate_and_will_not_resume(tmp_path, mini_data):
@@ -545,3 +562,20 @@ def test_gpu_runs_side_by_side_send_back_the_best_on_publictest(tmp_path, tiny_r
     assert json.loads((tmp_path / "out" / "config.json").read_text())["seed"] == 2
     with pytest.raises(SystemExit, match="no run saved a model"):
         gpu_weights.best(tmp_path / "none", runs[2:])
+
+
+def test_clipnorm_bounds_a_huge_gradient_step():
+    """A loss spike's gradient moves the weights by at most what a gradient of norm `clipnorm` would."""
+    import keras
+
+    from feredge.train.train import make_optimizer
+
+    steps = {}
+    for clipnorm in (0.0, 1.0):
+        cfg = tiny_cfg(optimizer="sgd", schedule="constant", learning_rate=0.1, weight_decay=0.0,
+                       warmup_epochs=0, clipnorm=clipnorm)
+        weights = keras.Variable(np.zeros(4, "float32"))
+        make_optimizer(cfg, steps_per_epoch=1).apply([keras.ops.full((4,), 1e4)], [weights])
+        steps[clipnorm] = float(np.linalg.norm(keras.ops.convert_to_numpy(weights)))
+    assert steps[1.0] <= 2 * 0.1 * 1.0 + 1e-6, steps  # Nesterov's first step is (1 + momentum) x lr x g
+    assert steps[0.0] > 100 * steps[1.0], steps
