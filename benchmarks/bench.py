@@ -304,7 +304,7 @@ def main(args) -> int:
     from feredge.benchmarks.peer import PEER_FORMAT, PEER_MODEL
     from feredge.edge.classifier import ModelError, read_manifest
     from feredge.train.data import default_data_path, load_fer2013
-    from feredge.train.train import subset
+    from feredge.train.data import subset
 
     threads = sorted({int(t) for t in args.threads.split(",")})
     reps = 20 if args.quick else args.reps

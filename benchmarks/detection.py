@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="also break down this model's end-to-end gap, on all of PublicTest")
     args = p.parse_args(argv)
     from feredge.train.data import default_data_path, load_fer2013
-    from feredge.train.train import subset
+    from feredge.train.data import subset
 
     val = load_fer2013(args.data or default_data_path())["val"]
     sample = subset(val, args.n, seed=0)  # stratified

@@ -26,6 +26,12 @@ if not MODELS_DIR.is_dir():  # editable installs map feredge.models to the repo'
 FORMAT_PREFERENCE = ("tflite_int8", "onnx_int8", "tflite_float16", "tflite_float32", "tflite_dynamic", "onnx_float32")
 
 
+# FER-2013's training split per LABELS class (../shared/data/README.md): the prior of a model whose
+# manifest names none (a bare file, or a model trained on FER-2013's labels before manifests recorded it).
+FER2013_TRAIN_COUNTS = (3995, 436, 4097, 7215, 4965, 4830, 3171)
+PRIORS = ("training", "balanced")
+
+
 class ModelError(Exception):
     """The model can't be used; the message is one line naming the problem."""
 
@@ -213,6 +219,13 @@ class EmotionClassifier:
                 raise ModelError(f"manifest input {spec.get('size')}x{spec.get('size')}x{spec.get('channels')} doesn't match "
                                  f"{self.path.name} ({self.input_size}x{self.input_size}x{self.channels})")
 
+    @property
+    def train_prior(self) -> np.ndarray:
+        """The class shares of the targets the model was trained on (manifest's train_prior)."""
+        named = (self.manifest or {}).get("train_prior")
+        prior = np.array([named[k] for k in self.labels] if named else FER2013_TRAIN_COUNTS, np.float64)
+        return prior / prior.sum()
+
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """float32 (N, size, size, channels) pixels 0..255 -> (N, classes) probabilities."""
         if len(pixels) == 0:
@@ -226,3 +239,15 @@ class EmotionClassifier:
         if len(faces) == 0:
             return np.zeros((0, len(self.labels)), np.float32)
         return self.predict_pixels(preprocess_faces(faces, self.input_size, self.channels))
+
+
+def with_prior(probs: np.ndarray, train_prior: np.ndarray, prior: str) -> np.ndarray:
+    """prior "training": the model's probabilities as they are (emotions as common as in training);
+    "balanced": divided by the training prior and renormalised, i.e. every emotion equally likely
+    beforehand, for places such as posed or acted footage."""
+    if prior == "training":
+        return probs
+    if prior != "balanced":
+        raise ModelError(f"prior must be one of {', '.join(PRIORS)}, got '{prior}'")
+    adjusted = probs / train_prior
+    return adjusted / np.maximum(adjusted.sum(axis=1, keepdims=True), 1e-12)

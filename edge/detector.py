@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from feredge.edge.classifier import MODELS_DIR, EmotionClassifier
+from feredge.edge.classifier import MODELS_DIR, PRIORS, EmotionClassifier, ModelError, with_prior
 from feredge.edge.faces import FaceDetector
 from feredge.edge.preprocess import DEFAULT_CROP, square_crop, to_gray
 
 DEFAULT_MODEL = "custom_cnn"  # the shipped default, models/custom_cnn
+UNCERTAIN = "uncertain"  # the label of a face whose top probability is under min_confidence
 
 
 class ImageError(Exception):
@@ -70,7 +71,16 @@ DEFAULT_SETTINGS = {"threads": None, "detect_width": 640, "detect_every": 1}
 class EmotionDetector:
     def __init__(self, model=None, fmt: str | None = None, face_model=None, threads: int | None = None,
                  min_face: int = 24, detect_width: int = 640, allow_download: bool = False,
-                 face_score: float = 0.6, retry_zoom: float = 2.0, crop: dict | None = None):
+                 face_score: float = 0.6, retry_zoom: float = 2.0, crop: dict | None = None,
+                 tta: bool = False, prior: str = "training", min_confidence: float = 0.0):
+        """tta: average each face's probabilities with its mirror's (twice the classifier's work).
+        prior: "training" or "balanced" (classifier.with_prior). min_confidence: faces whose top
+        probability is under it are labelled "uncertain" (their probabilities are kept)."""
+        if prior not in PRIORS:
+            raise ModelError(f"prior must be one of {', '.join(PRIORS)}, got '{prior}'")
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ModelError(f"min_confidence must be between 0 and 1, got {min_confidence}")
+        self.tta, self.prior, self.min_confidence = tta, prior, min_confidence
         self.classifier = EmotionClassifier(model or default_model_dir(), fmt=fmt, threads=threads)
         if threads:  # YuNet runs on OpenCV's own (process-wide) thread pool
             import cv2
@@ -93,7 +103,14 @@ class EmotionDetector:
 
     def classify(self, image: np.ndarray, faces) -> np.ndarray:
         """Probabilities for each FaceBox found in image."""
-        return self.classifier.predict_faces(self.crops(image, faces))
+        return self.classify_crops(self.crops(image, faces))
+
+    def classify_crops(self, crops) -> np.ndarray:
+        """Probabilities for grey face crops, with the detector's tta and prior."""
+        probs = self.classifier.predict_faces(crops)
+        if self.tta and len(crops):
+            probs = (probs + self.classifier.predict_faces([np.ascontiguousarray(c[:, ::-1]) for c in crops])) / 2
+        return with_prior(probs, self.classifier.train_prior, self.prior)
 
     def predict(self, image) -> list[Face]:
         if isinstance(image, (str, Path)):
@@ -104,5 +121,6 @@ class EmotionDetector:
 
     def make_face(self, box, probs, score, track_id=None) -> Face:
         probs = np.asarray(probs, np.float64)
-        return Face(tuple(int(v) for v in box), self.labels[int(probs.argmax())],
+        label = self.labels[int(probs.argmax())] if probs.max() >= self.min_confidence else UNCERTAIN
+        return Face(tuple(int(v) for v in box), label,
                     {lab: float(p) for lab, p in zip(self.labels, probs)}, float(score), track_id)

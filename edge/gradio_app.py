@@ -97,12 +97,13 @@ def build_app(detector):
     return app
 
 
-def launch(model=None, face_model=None, host: str = "127.0.0.1", port: int = 7860):
+def launch(model=None, face_model=None, host: str = "127.0.0.1", port: int = 7860, **choices):
+    """choices: EmotionDetector's runtime choices (tta, prior, min_confidence)."""
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise SystemExit("feredge: error: the UI needs Gradio: pip install 'feredge[ui]'") from None
     from feredge.edge.detector import EmotionDetector
 
-    detector = EmotionDetector(model, face_model=face_model)
+    detector = EmotionDetector(model, face_model=face_model, **choices)
     build_app(detector).launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD_SIZE)

@@ -21,7 +21,7 @@ def draw_faces(image: np.ndarray, faces, bars: bool = True, scale: float = 1.0) 
         x, y, bw, bh = face.box
         color = COLORS.get(face.label, (0, 255, 0))
         cv2.rectangle(image, (x, y), (x + bw, y + bh), color, thick + 1)
-        conf = face.probabilities[face.label]
+        conf = max(face.probabilities.values())  # the top class's, also for an 'uncertain' face
         text = f"{face.label} {conf:.0%}" + (f" #{face.track_id}" if face.track_id is not None else "")
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale * 1.2, thick)
         ty = max(th + base, y - 4)

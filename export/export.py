@@ -65,7 +65,8 @@ PREPROCESSING = ("grey; square face crop (see crop); resize to size x size (INTE
                  "grey plane replicated when channels is 3")
 # Training artifacts copied into the model folder when exporting from a run directory.
 RUN_FILES = ("config.json", "metrics.json", "history.csv", "curves.png", "confusion_test.png",
-             "confusion_test.json", "confusion_val.png", "train_time.json", "calibration.json")
+             "confusion_test.json", "confusion_val.png", "train_time.json", "calibration.json",
+             "reliability_test.png", "train_prior.json")
 
 
 class ExportError(Exception):
@@ -255,22 +256,45 @@ def prediction_digest(pred: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(pred, np.int8).tobytes()).hexdigest()
 
 
+def training_prior(run_dir, train_labels) -> dict:
+    """The run's train_prior.json (the targets it trained on), else FER-2013's label shares."""
+    if run_dir and (Path(run_dir) / "train_prior.json").exists():
+        return json.loads((Path(run_dir) / "train_prior.json").read_text())
+    counts = np.bincount(train_labels, minlength=len(LABELS))
+    return {label: round(float(c / counts.sum()), 5) for label, c in zip(LABELS, counts)}
+
+
 def gate_eval_set(data, quick: int, seed: int):
     """PrivateTest, or for quick mode a fixed stratified subset of it."""
-    from feredge.train.train import subset
+    from feredge.train.data import subset
 
     return subset(data["test"], quick, seed)
 
 
-def evaluate_artifact(path: Path, x_gray, y):
+def evaluate_artifact(path: Path, x_gray, y, votes=None):
     from feredge.edge.classifier import EmotionClassifier
-    from feredge.train.evaluate import classification_metrics, predict_split
+    from feredge.train.evaluate import predict_split
 
     clf = EmotionClassifier(path, verify=False)
     probs = predict_split(clf.predict_pixels, x_gray, clf.input_size, clf.channels, tta=False)
-    pred = probs.argmax(1)
-    m = classification_metrics(y, pred)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "recall": per_class_recall(m)}, pred
+    return scored_figures(probs, y, votes), probs.argmax(1)
+
+
+def scored_figures(probs: np.ndarray, y, votes=None) -> dict:
+    """The manifest's figures for one model on the gate's images: on FER-2013's labels, and, with the
+    FER+ votes, on FER+'s majority ("ferplus": images without one left out) with the vote cross-entropy."""
+    from feredge.train.evaluate import agreement_with_people, calibration_bins, classification_metrics
+
+    m = classification_metrics(y, probs.argmax(1))
+    out = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "balanced_accuracy": m["balanced_accuracy"],
+           "ece": round(calibration_bins(probs, y)[0], 4), "recall": per_class_recall(m)}
+    if votes is not None:
+        people = agreement_with_people(probs, votes)
+        out["ferplus"] = {"n": people["n"], "left_out": people["left_out"], "accuracy": people["accuracy"],
+                          "macro_f1": people["macro_f1"], "balanced_accuracy": people["balanced_accuracy"],
+                          "vote_cross_entropy": round(people["vote_cross_entropy"], 4), "ece": round(people["ece"], 4),
+                          "recall": per_class_recall(people)}
+    return out
 
 
 def per_class_recall(metrics: dict) -> dict:
@@ -341,7 +365,7 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
                                 evalset.x, size, channels, tta=False)
     keras_pred = keras_probs.argmax(1)
     km = classification_metrics(evalset.y, keras_pred)
-    reference = {"accuracy": km["accuracy"], "macro_f1": km["macro_f1"], "recall": per_class_recall(km), "file": keras_path.name,
+    reference = {**scored_figures(keras_probs, evalset.y, evalset.votes), "file": keras_path.name,
                  "sha256": sha256_of(keras_path)}
     log.info("Keras reference: accuracy %.4f, macro-F1 %.4f on %d images", km["accuracy"], km["macro_f1"], km["n"])
 
@@ -362,7 +386,7 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
                 rejected[fmt] = {"error": f"conversion failed: {str(e).splitlines()[0][:300]}"}
                 log.error("%s: conversion failed: %s", fmt, str(e).splitlines()[0][:300])
                 continue
-            metrics, pred = evaluate_artifact(path, evalset.x, evalset.y)
+            metrics, pred = evaluate_artifact(path, evalset.x, evalset.y, evalset.votes)
             drop = 100 * (reference["accuracy"] - metrics["accuracy"])
             agreement = 100 * float(np.mean(pred == keras_pred))
             max_drop, min_agree = gate.limits(fmt)
@@ -396,6 +420,8 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
         "calibration": {"split": "Training", "n": int(len(calib)), "seed": seed, "outliers_dropped": calib_dropped,
                         "outlier_rule": f"an activation peak > {outlier_factor:g} x the median image's"},
         "keras_reference": reference,
+        # The class shares of the targets trained on: `--prior balanced` divides by them.
+        "train_prior": training_prior(run_dir, data["train"].y),
         "formats": formats_out,
         "rejected": rejected,
         "tools": tool_versions(),

@@ -60,7 +60,7 @@ def test_edge_preprocessing_is_the_training_preprocessing(tiny_models, mini_data
 
     cfg = load_config("custom_cnn.toml", {"batch_size": 5, "mixup": 0.0})
     x, y = mini_data["test"].x[:5], mini_data["test"].y[:5]
-    train_pixels, _, _ = make_batches(x, y, cfg, 1, np.ones(7), shuffle=False)[0]
+    train_pixels, _, _ = make_batches(x, np.eye(7, dtype=np.float32)[y], cfg, 1, np.ones(7), shuffle=False)[0]
     clf = EmotionClassifier(tiny_models, fmt="onnx_float32")
     seen = []
     clf.predict_pixels = lambda p: seen.append(p) or np.zeros((len(p), 7))

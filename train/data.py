@@ -5,11 +5,15 @@ train (Training_*), val (PublicTest_*, for model selection) and test (PrivateTes
 report). Without those names a stratified, seeded validation split is carved from train. The decoded
 arrays are cached as a compressed npz keyed by the source's size and mtime, so the second load takes
 seconds.
+
+FER+ crowd votes (train/ferplus.py) are attached to each image when a votes file is found: the
+`votes` argument, FERPLUS_VOTES, or `ferplus_votes.csv` beside the zip.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import logging
 import os
@@ -20,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from feredge.edge.preprocess import FER_SIZE, LABELS
+from feredge.train import ferplus
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +41,25 @@ class DataError(Exception):
 @dataclass
 class Split:
     x: np.ndarray  # uint8 (N, 48, 48)
-    y: np.ndarray  # int64 (N,)
+    y: np.ndarray  # int64 (N,): FER-2013's label
+    names: np.ndarray | None = None  # str (N,): "train/angry/Training_1.jpg", the source's member name
+    votes: np.ndarray | None = None  # float32 (N, 7): FER+ votes on LABELS' emotions (train/ferplus.py)
 
     def __len__(self):
         return len(self.y)
+
+    def take(self, idx) -> "Split":
+        """The images at idx, with their names and votes."""
+        pick = lambda a: None if a is None else a[idx]  # noqa: E731
+        return Split(self.x[idx], self.y[idx], pick(self.names), pick(self.votes))
+
+
+def subset(split: Split, n: int, seed: int) -> Split:
+    """A seeded, stratified subset of n images (all of them when n is 0 or covers the split)."""
+    if not n or n >= len(split):
+        return split
+    _, keep = stratified_split(split.y, n / len(split), seed)
+    return split.take(keep)
 
 
 SHARED_ZIP = Path("shared") / "data" / "fer2013" / "fer2013.zip"
@@ -61,16 +81,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FEREDGE_CACHE", Path.home() / ".cache" / "feredge"))
 
 
-def load_fer2013(path, val_fraction: float = 0.1, seed: int = 0, use_cache: bool = True) -> dict[str, Split]:
+def load_fer2013(path, val_fraction: float = 0.1, seed: int = 0, use_cache: bool = True,
+                 votes="auto") -> dict[str, Split]:
+    """votes: a FER+ votes csv to attach, "auto" (FERPLUS_VOTES, else ferplus_votes.csv beside the
+    data if there is one) or None."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"FER-2013 not found at {path} (give the Kaggle zip, its folder, or fer2013.csv)")
+    votes_path = ferplus.votes_path_for(path) if votes == "auto" else votes
     cache = _cache_file(path, val_fraction, seed)
     if use_cache and cache.exists():
         with np.load(cache) as z:
-            splits = {s: Split(z[f"{s}_x"], z[f"{s}_y"]) for s in SPLITS}
+            splits = {s: Split(z[f"{s}_x"], z[f"{s}_y"], z[f"{s}_names"] if f"{s}_names" in z else None)
+                      for s in SPLITS}
         check_sharpness(splits)
-        return splits
+        return attach_votes(splits, votes_path) if votes_path else splits
 
     if path.is_dir():
         items = _folder_items(path)
@@ -92,9 +117,17 @@ def load_fer2013(path, val_fraction: float = 0.1, seed: int = 0, use_cache: bool
     if use_cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")  # runs started together each write their own
-        np.savez_compressed(tmp, **{f"{s}_{k}": getattr(splits[s], k) for s in SPLITS for k in ("x", "y")})
+        np.savez_compressed(tmp, **{f"{s}_{k}": getattr(splits[s], k) for s in SPLITS for k in ("x", "y", "names")
+                                    if getattr(splits[s], k) is not None})
         tmp.replace(cache)
-    return splits
+    return attach_votes(splits, votes_path) if votes_path else splits
+
+
+def attach_votes(splits: dict[str, Split], votes_path) -> dict[str, Split]:
+    """The splits with each image's FER+ votes (train/ferplus.py), joined by member name."""
+    by_name = ferplus.read_votes(votes_path)
+    return {name: dataclasses.replace(split, votes=ferplus.join_votes(split.names, by_name, f"the {name} split"))
+            for name, split in splits.items()}
 
 
 def sharpness(x: np.ndarray, n: int = 500) -> float:
@@ -123,7 +156,7 @@ def _cache_file(path: Path, val_fraction: float, seed: int) -> Path:
         size, mtime = (len(files), sum(f.st_size for f in files)), max((f.st_mtime_ns for f in files), default=0)
     else:
         size, mtime = st.st_size, st.st_mtime_ns
-    key = f"{path.resolve()}|{size}|{mtime}|{val_fraction}|{seed}|v1"
+    key = f"{path.resolve()}|{size}|{mtime}|{val_fraction}|{seed}|v2"  # v2: member names stored
     return cache_dir() / f"fer2013-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
@@ -199,7 +232,7 @@ def _decode_items(items, where: str):
             img = cv2.resize(img, (FER_SIZE, FER_SIZE), interpolation=cv2.INTER_AREA)
         images.append(img)
         labels.append(LABELS.index(cls))
-        names.append(f"{top}/{fname}")
+        names.append(f"{top}/{cls}/{fname}")
     total = len(items)
     if bad:
         shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
@@ -212,8 +245,9 @@ def _decode_items(items, where: str):
 
 
 def _split_by_name(images, labels, names, val_fraction, seed) -> dict[str, Split]:
+    names = np.asarray(names)
     top = np.array([n.split("/")[0] for n in names])
-    base = np.array([n.split("/")[1] for n in names])
+    base = np.array([n.split("/")[-1] for n in names])
     public = np.char.startswith(base, "PublicTest")
     private = np.char.startswith(base, "PrivateTest")
     train = top == "train"
@@ -221,19 +255,14 @@ def _split_by_name(images, labels, names, val_fraction, seed) -> dict[str, Split
     if np.any(test & public):  # without PrivateTest (a training pack, train/gpu/pack.py) test is empty
         if not np.any(test & private):
             log.warning("no PrivateTest images: validation on PublicTest, no test split to report")
-        return {
-            "train": Split(images[train], labels[train]),
-            "val": Split(images[test & public], labels[test & public]),
-            "test": Split(images[test & private], labels[test & private]),
-        }
+        everything = Split(images, labels, names)
+        return {"train": everything.take(train), "val": everything.take(test & public),
+                "test": everything.take(test & private)}
     # No PublicTest/PrivateTest names: validation is carved from train, test is the whole test folder.
     tr_idx, va_idx = stratified_split(labels[train], val_fraction, seed)
-    x, y = images[train], labels[train]
-    return {
-        "train": Split(x[tr_idx], y[tr_idx]),
-        "val": Split(x[va_idx], y[va_idx]),
-        "test": Split(images[test], labels[test]),
-    }
+    train_split = Split(images[train], labels[train], names[train])
+    return {"train": train_split.take(tr_idx), "val": train_split.take(va_idx),
+            "test": Split(images[test], labels[test], names[test])}
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int):

@@ -35,11 +35,67 @@ def classification_metrics(y_true, y_pred, n_classes: int = len(LABELS)) -> dict
         "accuracy": float(tp.sum() / max(1, len(y_true))),
         "macro_precision": float(precision.mean()),
         "macro_recall": float(recall.mean()),
+        "balanced_accuracy": float(recall[actual > 0].mean()) if np.any(actual > 0) else 0.0,
         "macro_f1": float(f1.mean()),
         "per_class": {lab: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                       for lab, p, r, f, s in zip(labels, precision, recall, f1, actual)},
         "confusion_matrix": cm.tolist(),
     }
+
+
+ECE_BINS = 10
+
+
+def calibration_bins(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS):
+    """(expected calibration error, per-bin [confidence, accuracy, count]) of the top class's probability."""
+    conf, correct = probs.max(1), probs.argmax(1) == y
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    table = [[float(conf[which == b].mean()) if np.any(which == b) else 0.0,
+              float(correct[which == b].mean()) if np.any(which == b) else 0.0, int(np.sum(which == b))]
+             for b in range(bins)]
+    ece = sum(n * abs(c - a) for c, a, n in table) / max(1, len(y))
+    return float(ece), table
+
+
+def agreement_with_people(probs: np.ndarray, votes: np.ndarray) -> dict:
+    """Metrics on FER+'s majority (images without a FER+ target left out, and counted), plus the mean
+    cross-entropy from the crowd's vote shares to the predicted probabilities and the expected
+    calibration error (ECE) of the top probability against the majority."""
+    from feredge.train import ferplus
+
+    truth = ferplus.majority(votes)
+    scored = truth >= 0
+    m = classification_metrics(truth[scored], probs[scored].argmax(1))
+    shares = ferplus.distribution(votes)[scored]
+    m["left_out"] = int(np.sum(~scored))
+    m["vote_cross_entropy"] = float(np.mean(-(shares * np.log(np.clip(probs[scored], 1e-7, 1))).sum(1)))
+    m["ece"], m["reliability"] = calibration_bins(probs[scored], truth[scored])
+    return m
+
+
+def plot_reliability(curves: dict, path: Path, title: str):
+    """Reliability diagram: accuracy against confidence per bin, one line per label set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    for name, (ece, table) in curves.items():
+        pts = [(c, a) for c, a, n in table if n]
+        ax.plot(*zip(*pts), marker="o", label=f"{name} (ECE {ece:.3f})")
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_confusion(cm, path: Path, title: str):
@@ -140,7 +196,7 @@ def predict_split(predict_fn, x_gray, size, channels, tta: bool, batch: int = 51
 def evaluate_and_report(model_path, data, out_dir, splits=("test",), tta=False, max_samples=0, seed=0) -> dict:
     """Evaluate model_path (or several, comma-separated: their geometric mean) on the given splits; write
     metrics.json, confusion matrices, curves."""
-    from feredge.train.train import subset
+    from feredge.train.data import subset
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +214,16 @@ def evaluate_and_report(model_path, data, out_dir, splits=("test",), tta=False, 
             continue
         probs = predict(part.x, tta=False)
         m = classification_metrics(part.y, probs.argmax(1))
+        m["ece"], m["reliability"] = calibration_bins(probs, part.y)
         results[split] = m
+        curves = {"FER-2013 labels": (m["ece"], m["reliability"])}
+        if part.votes is not None:
+            people = results[f"{split}_ferplus"] = agreement_with_people(probs, part.votes)
+            curves["FER+ majority"] = (people["ece"], people["reliability"])
+            log.info("%s %s, FER+ majority: accuracy %.4f, macro-F1 %.4f (n=%d, %d without one left out), "
+                     "vote cross-entropy %.3f", Path(model_path).name, names[split], people["accuracy"],
+                     people["macro_f1"], people["n"], people["left_out"], people["vote_cross_entropy"])
+        plot_reliability(curves, out_dir / f"reliability_{split}.png", f"{names[split]}: reliability")
         (out_dir / f"confusion_{split}.json").write_text(json.dumps(
             {"labels": LABELS, "rows": "true", "cols": "predicted", "matrix": m["confusion_matrix"]}))
         plot_confusion(m["confusion_matrix"], out_dir / f"confusion_{split}.png",
@@ -166,7 +231,10 @@ def evaluate_and_report(model_path, data, out_dir, splits=("test",), tta=False, 
         if tta:
             tprobs = predict(part.x, tta=True)
             results[f"{split}_flip_tta"] = {k: v for k, v in classification_metrics(part.y, tprobs.argmax(1)).items()
-                                            if k in ("n", "accuracy", "macro_f1")}
+                                            if k in ("n", "accuracy", "macro_f1", "balanced_accuracy")}
+            if part.votes is not None:
+                results[f"{split}_ferplus_flip_tta"] = {k: v for k, v in agreement_with_people(tprobs, part.votes).items()
+                                                        if k in ("n", "accuracy", "macro_f1", "balanced_accuracy")}
         log.info("%s %s: accuracy %.4f, macro-F1 %.4f (n=%d)", Path(model_path).name, names[split],
                  m["accuracy"], m["macro_f1"], m["n"])
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))

@@ -77,6 +77,8 @@ def start_from(source, arch: str, input_size: int, widths=(32, 64, 128, 256), dr
     if source.name != model.name or theirs != ours:
         raise ValueError(f"init_from must be a {arch} like this run's (or, for custom_cnn, a wider one); got {source.name}")
     model.set_weights(source.get_weights())
+    for theirs_layer, our_layer in zip(source.layers, model.layers):
+        our_layer.trainable = theirs_layer.trainable  # frozen BatchNorm stays frozen (_load_source)
     log.info("%s at %d px: weights from %s (trained at %d px)", arch, input_size, source.name, source.input_shape[1])
     return model
 
@@ -87,11 +89,20 @@ def stage_widths(model: keras.Model) -> list[int]:
 
 
 def _load_source(source) -> keras.Model:
+    """A .keras file, or a shipped custom CNN (its model folder or float32 .onnx) rebuilt by
+    custom_cnn_from_onnx with its BatchNorm layers frozen: they are identities after the folding, and
+    would otherwise normalise by batch statistics the folded convolutions were never trained for."""
     if isinstance(source, keras.Model):
         return source
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"init_from model not found: {path}")
+    if path.is_dir() or path.suffix == ".onnx":
+        model = custom_cnn_from_onnx(path)
+        for layer in model.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.trainable = False
+        return model
     return keras.models.load_model(path, compile=False)
 
 

@@ -44,7 +44,13 @@ DEFAULTS = {
     "warmup_epochs": 2,
     "schedule": "cosine",         # cosine (after linear warm-up) | constant
     "label_smoothing": 0.1,
-    "class_weight": "balanced",   # balanced | sqrt (square root of balanced) | none
+    "targets": "labels",          # labels (FER-2013's) | majority (FER+'s) | votes (FER+ vote shares) |
+                                  # mix (label_weight x label + the rest x votes); train/ferplus.py
+    "label_weight": 0.5,          # the label's share of a mix target
+    "min_label_votes": 0,         # >0: leave out training images whose FER-2013 label got fewer crowd votes
+    "select_on": "val_accuracy",  # the PublicTest figure best.keras maximises: val_accuracy (FER-2013 labels)
+                                  # | val_ferplus_accuracy (FER+ majority) | val_mean_accuracy (their mean)
+    "class_weight": "balanced",   # balanced | sqrt (square root of balanced) | none, on the targets' prior
     "mixup": 0.0,                 # Beta(a, a) mixup on a fraction of batches; 0 disables
     "clipnorm": 0.0,              # >0: scale each step's gradients to at most this global norm; 0 disables
     "ema": 0.0,                   # momentum of an exponential moving average of the weights, validated
@@ -126,9 +132,13 @@ def parse_overrides(texts) -> dict:
     return out
 
 
-def class_weights(y: np.ndarray, mode: str) -> np.ndarray:
-    counts = np.bincount(y, minlength=len(LABELS)).astype(np.float64)
-    balanced = len(y) / (len(LABELS) * np.maximum(counts, 1))
+def class_weights(targets: np.ndarray, mode: str) -> np.ndarray:
+    """Per-class weights from the prior of the targets trained on ((N, 7) shares, or (N,) class indices)."""
+    targets = np.asarray(targets)
+    if targets.ndim == 1:
+        targets = np.eye(len(LABELS))[targets]
+    counts = targets.sum(0).astype(np.float64)
+    balanced = len(targets) / (len(LABELS) * np.maximum(counts, 1e-9))
     if mode == "balanced":
         return balanced
     if mode == "sqrt":
@@ -138,24 +148,50 @@ def class_weights(y: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(f"class_weight must be balanced, sqrt or none, got '{mode}'")
 
 
-def make_batches(x, y, cfg, channels, weights, shuffle: bool, seed: int | None = None):
-    """A keras.utils.PyDataset of (pixels, one-hot targets, sample weights); mixup in numpy.
-    seed (default cfg["seed"]) drives the shuffle and mixup."""
+def training_targets(split, cfg: dict):
+    """(kept image indices, (N, 7) float32 targets) per cfg["targets"]: see DEFAULTS."""
+    from feredge.train import ferplus
+
+    onehot = np.eye(len(LABELS), dtype=np.float32)[split.y]
+    keep = np.ones(len(split), bool)
+    if cfg["targets"] == "labels" and not cfg["min_label_votes"]:
+        return np.flatnonzero(keep), onehot
+    if split.votes is None:
+        raise ValueError(f"targets = '{cfg['targets']}' needs FER+ votes: put {ferplus.VOTES_FILE} beside the data "
+                         "or set FERPLUS_VOTES")
+    if cfg["targets"] != "labels":
+        keep &= ferplus.has_target(split.votes)
+    if cfg["min_label_votes"]:
+        keep &= ferplus.emotion_votes(split.votes)[np.arange(len(split)), split.y] >= cfg["min_label_votes"]
+    shares = ferplus.distribution(split.votes).astype(np.float32)
+    targets = {"labels": onehot,
+               "majority": np.eye(len(LABELS), dtype=np.float32)[np.maximum(ferplus.majority(split.votes), 0)],
+               "votes": shares,
+               "mix": cfg["label_weight"] * onehot + (1 - cfg["label_weight"]) * shares}.get(cfg["targets"])
+    if targets is None:
+        raise ValueError(f"targets must be labels, majority, votes or mix, got '{cfg['targets']}'")
+    return np.flatnonzero(keep), targets[keep]
+
+
+def make_batches(x, targets, cfg, channels, weights, shuffle: bool, seed: int | None = None):
+    """A keras.utils.PyDataset of (pixels, targets, sample weights); mixup in numpy. targets: (N, 7)
+    shares; weights: per-class, each image weighted by its targets' mix of them. seed (default
+    cfg["seed"]) drives the shuffle and mixup."""
     import keras
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
             super().__init__()
             self.rng = np.random.default_rng(cfg["seed"] if seed is None else seed)
-            self.order = np.arange(len(y))
+            self.order = np.arange(len(targets))
             self.on_epoch_end()
 
         def __len__(self):
             # Training takes whole batches only: a smaller last batch is a new shape, which XLA compiles
             # again (28 s for the ResNet50V2 step on 2 cores); the shuffle leaves out other images each epoch.
-            if shuffle and len(y) >= cfg["batch_size"]:
-                return len(y) // cfg["batch_size"]
-            return math.ceil(len(y) / cfg["batch_size"])
+            if shuffle and len(targets) >= cfg["batch_size"]:
+                return len(targets) // cfg["batch_size"]
+            return math.ceil(len(targets) / cfg["batch_size"])
 
         def on_epoch_end(self):
             if shuffle:
@@ -164,8 +200,8 @@ def make_batches(x, y, cfg, channels, weights, shuffle: bool, seed: int | None =
         def __getitem__(self, i):
             idx = self.order[i * cfg["batch_size"] : (i + 1) * cfg["batch_size"]]
             xb = preprocess_faces(x[idx], cfg["input_size"], channels)
-            yb = np.eye(len(LABELS), dtype=np.float32)[y[idx]]
-            wb = weights[y[idx]].astype(np.float32)
+            yb = targets[idx]
+            wb = (yb @ weights).astype(np.float32)
             if shuffle and cfg["mixup"] > 0 and self.rng.random() < 0.5:
                 lam = self.rng.beta(cfg["mixup"], cfg["mixup"])
                 perm = self.rng.permutation(len(idx))
@@ -175,15 +211,6 @@ def make_batches(x, y, cfg, channels, weights, shuffle: bool, seed: int | None =
             return xb, yb, wb
 
     return Batches()
-
-
-def subset(split, n: int, seed: int):
-    from feredge.train.data import Split, stratified_split
-
-    if not n or n >= len(split):
-        return split
-    _, keep = stratified_split(split.y, n / len(split), seed)
-    return Split(split.x[keep], split.y[keep])
 
 
 @contextlib.contextmanager
@@ -216,8 +243,29 @@ def distribution(mode: str):
     yield "single device"
 
 
-def save_best_callback(model, path: Path, best: float):
-    """A Keras callback saving the float32 inference model whenever val accuracy beats `best`."""
+def ferplus_val_callback(val_x, val_votes, batch_size: int):
+    """Adds val_ferplus_accuracy (PublicTest on FER+'s majority) and val_mean_accuracy (its mean with
+    val_accuracy, FER-2013's labels) to each epoch's logs, for selection and history.csv."""
+    import keras
+
+    from feredge.train import ferplus
+
+    truth = ferplus.majority(val_votes)
+    scored = truth >= 0
+
+    class FerPlusVal(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is None or "val_accuracy" not in logs:
+                return
+            pred = np.asarray(self.model.predict(val_x, batch_size=batch_size, verbose=0)).argmax(1)
+            logs["val_ferplus_accuracy"] = float(np.mean(pred[scored] == truth[scored]))
+            logs["val_mean_accuracy"] = (logs["val_accuracy"] + logs["val_ferplus_accuracy"]) / 2
+
+    return FerPlusVal()
+
+
+def save_best_callback(model, path: Path, best: float, key: str = "val_accuracy"):
+    """A Keras callback saving the float32 inference model whenever logs[key] beats `best`."""
     import keras
 
     from feredge.train.models import float32_copy
@@ -228,13 +276,13 @@ def save_best_callback(model, path: Path, best: float):
             self.best = best
 
         def on_epoch_end(self, epoch, logs=None):
-            acc = (logs or {}).get("val_accuracy")
+            acc = (logs or {}).get(key)
             if acc is not None and acc > self.best:
                 self.best = acc
                 tmp = path.with_name("best.tmp.keras")
                 float32_copy(model).save(tmp)
                 tmp.replace(path)
-                log.info("epoch %d: val accuracy %.4f, saved %s", epoch + 1, acc, path)
+                log.info("epoch %d: %s %.4f, saved %s", epoch + 1, key, acc, path)
 
     return SaveBest()
 
@@ -296,11 +344,11 @@ def throughput_callback(batch_size: int, steps: int = 20):
     return Throughput()
 
 
-def best_so_far(history_csv: Path) -> float:
+def best_so_far(history_csv: Path, key: str = "val_accuracy") -> float:
     if not history_csv.exists():
         return -1.0
     with open(history_csv) as f:
-        vals = [float(r["val_accuracy"]) for r in csv.DictReader(f) if r.get("val_accuracy")]
+        vals = [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
     return max(vals, default=-1.0)
 
 
@@ -339,7 +387,7 @@ def _train(cfg: dict, run_dir: Path, data, run_seed: int) -> dict:
     import keras
 
     from feredge.train import models
-    from feredge.train.data import Split, default_data_path, load_fer2013
+    from feredge.train.data import default_data_path, load_fer2013, subset
     from feredge.train.evaluate import evaluate_and_report
 
     log.info("Keras %s, backend %s, precision %s", keras.__version__, keras.backend.backend(), cfg["precision"])
@@ -349,12 +397,14 @@ def _train(cfg: dict, run_dir: Path, data, run_seed: int) -> dict:
     val_split = subset(data["val"], cfg["max_eval_samples"], cfg["seed"])
     channels = models.INPUT_CHANNELS[cfg["arch"]]
     # Enlarged once, not per batch: at 96 px that halves the host's work per batch (14 -> 8 ms for 256 faces here).
-    train_split = Split(np.stack([resize_face(face, cfg["input_size"]) for face in train_split.x]), train_split.y)
-    weights = class_weights(train_split.y, cfg["class_weight"])
-    log.info("train %d, val %d images; class weights %s", len(train_split), len(val_split),
-             dict(zip(LABELS, np.round(weights, 2).tolist())))
+    kept, targets = training_targets(train_split, cfg)
+    train_x = np.stack([resize_face(face, cfg["input_size"]) for face in train_split.x[kept]])
+    weights = class_weights(targets, cfg["class_weight"])
+    log.info("train %d of %d images (targets: %s), val %d; class weights %s", len(kept), len(train_split),
+             cfg["targets"], len(val_split), dict(zip(LABELS, np.round(weights, 2).tolist())))
+    (run_dir / "train_prior.json").write_text(json.dumps(dict(zip(LABELS, np.round(targets.mean(0), 5).tolist()))))
 
-    batches = make_batches(train_split.x, train_split.y, cfg, channels, weights, shuffle=True, seed=run_seed)
+    batches = make_batches(train_x, targets, cfg, channels, weights, shuffle=True, seed=run_seed)
     steps_per_epoch = len(batches)
     with distribution(cfg["data_parallel"]) as how:
         log.info("distribution: %s", how)
@@ -362,6 +412,12 @@ def _train(cfg: dict, run_dir: Path, data, run_seed: int) -> dict:
         callbacks = [throughput_callback(cfg["batch_size"])]
         if cfg["time_budget_s"]:
             callbacks.append(time_budget_callback(cfg))  # before CSVLogger, which logs its rate
+        val_x = preprocess_faces(val_split.x, cfg["input_size"], channels)
+        val_y = np.eye(len(LABELS), dtype=np.float32)[val_split.y]
+        if val_split.votes is not None:  # before the logger and the checkpoint, which read what it adds
+            callbacks.append(ferplus_val_callback(val_x, val_split.votes, cfg["batch_size"]))
+        elif cfg["select_on"] != "val_accuracy":
+            raise ValueError(f"select_on = '{cfg['select_on']}' needs FER+ votes for PublicTest")
         callbacks += [
             # Kept after a finished run too, so that a larger --epochs extends the run where it stopped.
             keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),
@@ -369,11 +425,10 @@ def _train(cfg: dict, run_dir: Path, data, run_seed: int) -> dict:
         ]
         if cfg["ema"]:  # after the backup (which keeps the raw weights), before saving the best (the averaged ones)
             callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-        callbacks.append(save_best_callback(model, run_dir / "best.keras", best_so_far(run_dir / "history.csv")))
+        select = cfg["select_on"]
+        callbacks.append(save_best_callback(model, run_dir / "best.keras", best_so_far(run_dir / "history.csv", select), select))
         if cfg["patience"]:
-            callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg["patience"], mode="max"))
-        val_x = preprocess_faces(val_split.x, cfg["input_size"], channels)
-        val_y = np.eye(len(LABELS), dtype=np.float32)[val_split.y]
+            callbacks.append(keras.callbacks.EarlyStopping(select, patience=cfg["patience"], mode="max"))
         start = time.time()
         fit_model.fit(batches, validation_data=(val_x, val_y), validation_batch_size=cfg["batch_size"],
                       epochs=cfg["epochs"], callbacks=callbacks, verbose=2)

@@ -24,7 +24,7 @@ def _detect(args):
             setattr(args, key, PI_PRESET[key] if args.pi else default)
     detector = EmotionDetector(args.model, fmt=args.format, face_model=args.face_model, threads=args.threads,
                                min_face=args.min_face, detect_width=args.detect_width, retry_zoom=args.retry_zoom,
-                               allow_download=not args.no_download)
+                               allow_download=not args.no_download, **runtime_choices(args))
     print(f"model: {detector.classifier.path} ({detector.classifier.format or 'file'}), faces: {detector.faces.kind}",
           file=sys.stderr)
     kind = source_kind(args.source)
@@ -39,6 +39,21 @@ def _detect(args):
     summary = VideoLoop(detector, args.source, opts).run()
     print(json.dumps(summary))
     return 0
+
+
+def runtime_choices(args) -> dict:
+    return {"tta": args.tta, "prior": args.prior, "min_confidence": args.min_confidence}
+
+
+def add_runtime_choices(parser):
+    """The classifier's runtime choices, shared by detect and ui (defaults: docs/ferplus.md)."""
+    parser.add_argument("--tta", action="store_true",
+                        help="average each face with its mirror image (twice the classifier's time)")
+    parser.add_argument("--prior", choices=("training", "balanced"), default="training",
+                        help="training: emotions as common as in the training data (default); balanced: every "
+                             "emotion equally likely, e.g. posed or acted footage")
+    parser.add_argument("--min-confidence", type=float, default=0.0,
+                        help="label faces whose top probability is under this 'uncertain' (default 0: never)")
 
 
 def _train(args):
@@ -63,7 +78,11 @@ def _evaluate(args):
     paths = model_paths(args.model)
     out = args.out or (Path(paths[0]).parent / ("eval" if len(paths) == 1 else "eval_ensemble"))
     metrics = evaluate_and_report(args.model, data, out, splits=splits, tta=args.tta)
-    summary = {s: {k: metrics[s][k] for k in ("n", "accuracy", "macro_f1")} for s in splits}
+    keys = ("n", "accuracy", "macro_f1", "balanced_accuracy", "ece")
+    summary = {s: {k: metrics[s][k] for k in keys} for s in splits}
+    for s in splits:  # FER+ majority, where the votes file is there
+        if f"{s}_ferplus" in metrics:
+            summary[f"{s}_ferplus"] = {k: metrics[f"{s}_ferplus"][k] for k in (*keys, "left_out", "vote_cross_entropy")}
     summary.update({k: v for k, v in metrics.items() if k.endswith("flip_tta")})
     print(json.dumps(summary))
     return 0
@@ -77,7 +96,7 @@ def _calibrate(args):
         from feredge.train.data import load_fer2013
 
         data = load_fer2013(args.data)
-    summary = calibrate(Path(args.run_dir), args.min_recall, data)
+    summary = calibrate(Path(args.run_dir), args.min_recall, data, args.label_sets)
     metrics = summary.pop("metrics")
     summary["privatetest"] = {k: round(metrics["test"][k], 4) for k in ("accuracy", "macro_f1")}
     print(json.dumps(summary, indent=2))
@@ -113,7 +132,7 @@ def _bench(args):
 def _ui(args):
     from feredge.edge.gradio_app import launch
 
-    launch(args.model, face_model=args.face_model, host=args.host, port=args.port)
+    launch(args.model, face_model=args.face_model, host=args.host, port=args.port, **runtime_choices(args))
     return 0
 
 
@@ -146,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a stream to open or deliver")
     d.add_argument("--reconnect", action="store_true", help="reopen a camera/stream that drops (kiosk implies it)")
     d.add_argument("--max-reconnects", type=int, default=0, help="give up after N reconnects (0: never)")
+    add_runtime_choices(d)
     d.set_defaults(func=_detect)
 
     t = sub.add_parser("train", help="train a model from a config file")
@@ -169,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="fit per-class logit offsets on PublicTest (writes RUN_DIR/calibrated.keras)")
     c.add_argument("run_dir", help="training run directory (with best.keras)")
     c.add_argument("--min-recall", type=float, default=0.45, help="recall every class should keep on PublicTest")
+    c.add_argument("--label-sets", choices=("fer2013", "both"), default="fer2013",
+                   help="fit to FER-2013's labels, or to them and FER+'s majority together (needs the votes)")
     c.add_argument("--data")
     c.set_defaults(func=_calibrate)
 
@@ -200,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--face-model")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=7860)
+    add_runtime_choices(u)
     u.set_defaults(func=_ui)
     return p
 
@@ -211,7 +234,8 @@ def known_errors() -> tuple:
     from feredge.edge.loop import SourceError
 
     errors = [ModelError, ImageError, FaceDetectorError, SourceError, FileNotFoundError]
-    for mod, names in (("feredge.train.data", ("DataError",)), ("feredge.export.export", ("ExportError",))):
+    for mod, names in (("feredge.train.data", ("DataError",)), ("feredge.train.ferplus", ("VotesError",)),
+                       ("feredge.export.export", ("ExportError",))):
         if mod in sys.modules:
             errors += [getattr(sys.modules[mod], n) for n in names]
     return tuple(errors)
