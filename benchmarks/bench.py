@@ -28,7 +28,8 @@ import numpy as np
 
 from feredge.benchmarks import RESULTS_DIR
 
-COLUMNS = ["model", "format", "size_kb", "mmacs", "load_ms", "accuracy", "macro_f1", "e2e_accuracy", "e2e_macro_f1",
+COLUMNS = ["model", "format", "size_kb", "mmacs", "load_ms", "accuracy", "macro_f1", "ferplus_accuracy",
+           "ferplus_balanced_accuracy", "e2e_accuracy", "e2e_macro_f1",
            "p50_ms_1t", "p90_ms_1t", "p50_ms_2t", "p90_ms_2t", "p50_ms_4t", "p90_ms_4t",
            "batch32_img_s", "peak_rss_mb"]
 E2E_COLUMNS = ["model", "format", "settings", "faces", "frames", "detector_ms", "classifier_ms", "fps"]
@@ -170,7 +171,8 @@ def bench_format(name: str, model: Path, fmt: str, evalset, threads, reps: int, 
     probs = predict_split(clf.predict_pixels, evalset.x, clf.input_size, clf.channels, tta=False)
     m = classification_metrics(evalset.y, probs.argmax(1))
     row = {"model": name, "format": fmt, "size_kb": round(clf.path.stat().st_size / 1024, 1), "mmacs": multiply_adds(clf.path),
-           "load_ms": round(load_ms, 1), "accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
+           "load_ms": round(load_ms, 1), "accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4),
+           **ferplus_columns(probs, evalset.votes)}
     if e2e_crops is not None:
         row.update({k: v for k, v in e2e_metrics(clf.predict_faces, e2e_crops, evalset.y).items() if k in COLUMNS})
     batch = random_pixels(clf, 32)
@@ -178,6 +180,17 @@ def bench_format(name: str, model: Path, fmt: str, evalset, threads, reps: int, 
     row["batch32_img_s"] = round(32 / (batch_ms / 1000), 1)
     row["peak_rss_mb"] = peak_rss(str(model), fmt, rss_runs)
     return row
+
+
+def ferplus_columns(probs, votes) -> dict:
+    """FER+ majority accuracy and balanced accuracy (train/ferplus.py); none without the votes."""
+    if votes is None:
+        return {}
+    from feredge.train.evaluate import agreement_with_people
+
+    people = agreement_with_people(probs, votes)
+    return {"ferplus_accuracy": round(people["accuracy"], 4),
+            "ferplus_balanced_accuracy": round(people["balanced_accuracy"], 4)}
 
 
 def bench_keras(path: Path, evalset, threads, reps: int) -> dict:
@@ -367,7 +380,8 @@ def main(args) -> int:
     note = (f"Python {platform.python_version()}, {len(evalset)} PrivateTest images, {reps} timed runs per latency, "
             f"the formats taking turns over 10 rounds (medians; warm-up excluded); `{command}`. "
             "Latency is the classifier alone on one preprocessed face. "
-            "accuracy / macro_f1: on FER-2013's 48x48 faces, resized to each model's input; "
+            "accuracy / macro_f1: on FER-2013's 48x48 faces, resized to each model's input, FER-2013 labels; "
+            "ferplus_*: the same faces on FER+'s crowd majority (17 without one left out); "
             "e2e_*: the same faces composited into 640x480 frames, "
             "found by YuNet and cropped by the runtime, a missed face counting as wrong"
             + (f" (faces found: {', '.join(f'{k} {v} %' for k, v in found_pct.items())})." if found_pct else "."))
