@@ -123,6 +123,15 @@ def _export(args):
     return 0
 
 
+def _rescore(args):
+    from feredge.export.export import rescore_manifest
+
+    m = rescore_manifest(args.model_dir)
+    print(json.dumps({fmt: {"accuracy": round(e["accuracy"], 4), "ferplus_accuracy": round(e["ferplus"]["accuracy"], 4)}
+                      for fmt, e in m["formats"].items() if "ferplus" in e}))
+    return 0
+
+
 def _bench(args):
     from feredge.benchmarks.bench import main as bench_main
 
@@ -210,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--max-drop-int8", type=float, default=1.0)
     x.add_argument("--min-agreement-int8", type=float, default=97.0)
     x.set_defaults(func=_export)
+
+    r = sub.add_parser("rescore", help="add newer figures (FER+ majority, balanced accuracy, ECE) to a model "
+                                       "folder's manifest, through the edge runtime; files and gate unchanged")
+    r.add_argument("model_dir")
+    r.set_defaults(func=_rescore)
 
     b = sub.add_parser("bench", help="accuracy, latency, memory and size per format")
     from feredge.benchmarks.bench import add_arguments
