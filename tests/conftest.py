@@ -3,6 +3,7 @@ FER2013_ZIP or ../shared, and the YuNet face model from FEREDGE_FACE_MODEL or ..
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import zipfile
@@ -12,10 +13,26 @@ import numpy as np
 import pytest
 
 from feredge.edge.preprocess import LABELS
+from feredge.train import ferplus
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "edge" / "assets" / "astronaut.jpg"
 SHARED = REPO.parent / "shared"
+
+
+VOTE_HEADER = ["path", "fer2013_row", "rmse", *ferplus.VOTE_COLUMNS]
+
+
+def write_votes(zip_path, out, rule=lambda name, label: {ferplus.FERPLUS_NAME[label]: 10}, rename=None):
+    """A votes file for every image of zip_path: rule(member name, folder label) -> {FER+ column: count}."""
+    with zipfile.ZipFile(zip_path) as zf, open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(VOTE_HEADER)
+        for i, name in enumerate(n for n in zf.namelist() if n.endswith(".jpg")):
+            counts = rule(name, name.split("/")[-2])
+            row = [counts.get(c, 0) for c in ferplus.VOTE_COLUMNS] if counts is not None else [""] * 10
+            w.writerow([rename(name) if rename else name, i, 1.0, *row])
+    return out
 
 
 def real_data_path() -> Path:

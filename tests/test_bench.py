@@ -1,18 +1,26 @@
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
 
+from conftest import write_votes
 from feredge.benchmarks.bench import COLUMNS, E2E_COLUMNS
 from feredge.benchmarks.peer import PEER_FORMAT, PEER_MODEL, TO_OURS, FER_LABELS
+from feredge.train.ferplus import VOTES_FILE
 
 
 def test_quick_benchmark_table_and_csv_are_complete(tmp_path, tiny_models, mini_zip, yunet):
     from feredge.cli import main
 
+    # Votes beside a copy of the zip: the FER+ columns are measured too.
+    data = tmp_path / "data" / "mini.zip"
+    data.parent.mkdir()
+    shutil.copy(mini_zip, data)
+    write_votes(data, data.parent / VOTES_FILE)
     # The tiny float model stands in for the peer's file: the peer path (adapter, timer, RSS probe) runs.
-    code = main(["bench", str(tiny_models), "--quick", "--data", str(mini_zip), "--face-model", str(yunet),
+    code = main(["bench", str(tiny_models), "--quick", "--data", str(data), "--face-model", str(yunet),
                  "--out", str(tmp_path), "--name", "test-machine", "--formats", "tflite_int8,onnx_int8,tflite_float32",
                  "--peer-fer", str(tiny_models / "model_float32.tflite")])
     assert code == 0

@@ -1,33 +1,16 @@
 """FER+ votes: the join, the rule for its extras, soft targets in training, both label sets in the
 evaluation, and the runtime's prior correction and mirror averaging."""
 
-import csv
 import json
 import subprocess
 import sys
-import zipfile
 
 import numpy as np
 import pytest
 
-from conftest import REPO, make_zip
+from conftest import REPO, make_zip, write_votes
 from feredge.edge.preprocess import LABELS
 from feredge.train import ferplus
-
-VOTE_HEADER = ["path", "fer2013_row", "rmse", *ferplus.VOTE_COLUMNS]
-
-
-def write_votes(zip_path, out, rule=lambda name, label: {ferplus.FERPLUS_NAME[label]: 10}, rename=None):
-    """A votes file for every image of zip_path: rule(member name, folder label) -> {FER+ column: count}."""
-    with zipfile.ZipFile(zip_path) as zf, open(out, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(VOTE_HEADER)
-        for i, name in enumerate(n for n in zf.namelist() if n.endswith(".jpg")):
-            counts = rule(name, name.split("/")[-2])
-            row = [counts.get(c, 0) for c in ferplus.VOTE_COLUMNS] if counts is not None else [""] * 10
-            w.writerow([rename(name) if rename else name, i, 1.0, *row])
-    return out
-
 
 @pytest.fixture()
 def voted(tmp_path):
