@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +34,8 @@ PI4_YUNET_320_4T_MS = (33.0, 37.1)
 # Pi 5 against Pi 4, single thread: sysbench CPU 1,847 against 812 events/s (2.27x; both on 64-bit
 # Raspberry Pi OS, zbotic.in "Raspberry Pi 5 benchmarks"); the Raspberry Pi Foundation says 2-3x.
 PI5_OVER_PI4 = 1847 / 812
+# Where the scale is written for the README's summary table (benchmarks/report.py).
+SCALE_FILE = "scale.json"
 # Cross-check, not used in the arithmetic: OpenCV Zoo's README table times the same models on an Intel
 # i7-12700K and a Raspberry Pi 4B; the Pi is 7.5x slower on YuNet 160x120 and 10.3x on its FER model.
 OPENCV_ZOO_PI4_OVER_I7 = {"YuNet 160x120": 5.43 / 0.72, "FER 112x112": 32.53 / 3.16}
@@ -88,19 +91,18 @@ def estimate(bench_rows, loop_rows, yunet_here_ms: float) -> str:
         f"Pi 5 as {PI5_OVER_PI4:.2f}x faster than a Pi 4. Cross-check: OpenCV Zoo's Pi 4B is "
         + ", ".join(f"{v:.1f}x slower than its i7-12700K on {k}" for k, v in OPENCV_ZOO_PI4_OVER_I7.items()) + ".",
         "", "Classifier alone, one face, 1 thread (ms, estimated):", "",
-        "| format | here (measured) | Raspberry Pi 4 | Raspberry Pi 5 |", "|---|---|---|---|"]
+        "| model | format | here (measured) | Raspberry Pi 4 | Raspberry Pi 5 |", "|---|---|---|---|---|"]
     for r in bench_rows:
         if not r.get("p50_ms_1t"):
             continue
         ms = float(r["p50_ms_1t"])
-        name = r["format"] if r["model"] != "fer (peer)" else f"{r['format']} (fer peer)"
-        lines.append(f"| {name} | {ms:.2f} | {span(ms, low, high, 2)} | {span(ms, low / PI5_OVER_PI4, high / PI5_OVER_PI4, 2)} |")
+        lines.append(f"| {r['model']} | {r['format']} | {ms:.2f} | {span(ms, low, high, 2)} | {span(ms, low / PI5_OVER_PI4, high / PI5_OVER_PI4, 2)} |")
     lines += ["", f"Whole loop under `--pi` (YuNet at 320 px every {PI_PRESET['detect_every']}nd frame, tracking, "
               "classifier, overlay; generated 640x480 video), frames per second, estimated from this machine's "
               "1-thread run; the 4-thread columns speed up only the detector, by the published "
               f"{four_threads:.2f}x:", "",
-              "| settings | faces | here, 1 thread (measured) | Pi 4, 1 thread | Pi 4, 4 threads | Pi 5, 4 threads |",
-              "|---|---|---|---|---|---|"]
+              "| model | settings | faces | here, 1 thread (measured) | Pi 4, 1 thread | Pi 4, 4 threads | Pi 5, 4 threads |",
+              "|---|---|---|---|---|---|---|"]
     for r in (r for r in loop_rows if r["settings"].startswith("--pi")):  # the rows measured at 1 thread
         fps = float(r["fps"])
         frame_ms = 1000 / fps
@@ -111,7 +113,7 @@ def estimate(bench_rows, loop_rows, yunet_here_ms: float) -> str:
             lo, hi = 1000 / (ms * shi), 1000 / (ms * slo)
             return f"{lo:.0f}–{hi:.0f}" if lo >= 20 else f"{lo:.1f}–{hi:.1f}"
 
-        lines.append(f"| {r['settings']} | {r['faces']} | {fps:.0f} | {fps_span(frame_ms, low, high)} | "
+        lines.append(f"| {r.get('model', '')} | {r['settings']} | {r['faces']} | {fps:.0f} | {fps_span(frame_ms, low, high)} | "
                      f"{fps_span(frame_4t_ms, low, high)} | "
                      f"{fps_span(frame_4t_ms, low / PI5_OVER_PI4, high / PI5_OVER_PI4)} |")
     return "\n".join(lines)
@@ -131,6 +133,10 @@ def main() -> int:
     text = (f"Estimated from measurements on {machine_name()} (`python -m feredge.benchmarks.pi_estimate`); "
             "not measured on a Pi.\n\n" + estimate(bench_rows, loop_rows, here))
     publish(args.results / "pi" / "estimate.md", text)
+    low, high = pi4_slowdown(here)
+    (args.results / "pi" / SCALE_FILE).write_text(json.dumps(
+        {"machine": machine_name(), "yunet_320_1t_ms_here": round(here, 3), "pi4_slowdown": [round(low, 3), round(high, 3)],
+         "pi5_over_pi4": round(PI5_OVER_PI4, 3)}, indent=1) + "\n")
     return 0
 
 

@@ -114,11 +114,11 @@ def test_pi_estimate_scales_this_machines_figures_by_the_published_yunet_ratio()
     here = PI4_YUNET_320_1T_MS[0] / 10  # YuNet 10x (low) slower on the Pi 4 than here
     high = PI4_YUNET_320_1T_MS[1] / here
     bench = [{"model": "m", "format": "tflite_int8", "p50_ms_1t": "1.0"}]
-    loop = [{"settings": "--pi, 1 thread", "faces": "1", "fps": "100", "detector_ms": "4"}]
+    loop = [{"model": "m", "settings": "--pi, 1 thread", "faces": "1", "fps": "100", "detector_ms": "4"}]
     text = estimate(bench, loop, here)
-    assert f"| tflite_int8 | 1.00 | 10.00–{high:.2f} | {10 / PI5_OVER_PI4:.2f}–{high / PI5_OVER_PI4:.2f} |" in text
+    assert f"| m | tflite_int8 | 1.00 | 10.00–{high:.2f} | {10 / PI5_OVER_PI4:.2f}–{high / PI5_OVER_PI4:.2f} |" in text
     # 10 ms a frame here -> 100-108 ms on a Pi 4 at 1 thread: 9.3-10.0 fps.
-    assert f"| --pi, 1 thread | 1 | 100 | {1000 / (10 * high):.1f}–10.0 |" in text
+    assert f"| m | --pi, 1 thread | 1 | 100 | {1000 / (10 * high):.1f}–10.0 |" in text
 
 
 def test_detection_operating_points_count_the_retry_only_where_nothing_was_found():

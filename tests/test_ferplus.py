@@ -186,3 +186,26 @@ def test_bad_runtime_choices_are_one_line(flag, message, yunet):
     r = subprocess.run([sys.executable, "-m", "feredge.cli", "detect", str(REPO / "edge" / "assets" / "astronaut.jpg"),
                         "--face-model", str(yunet), *flag], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_distilled_run_logs_the_students_ferplus_accuracy(voted, tiny_run, tmp_path):
+    import csv
+
+    import keras
+
+    from feredge.train.data import load_fer2013
+    from feredge.train.train import load_config, train
+
+    # The model fit() trains here is the distiller, whose output also holds the teacher's: the FER+
+    # figure in history.csv must be the student's, as evaluating its saved best.keras gives.
+    splits = load_fer2013(voted, use_cache=False)
+    cfg = load_config("custom_cnn.toml", {"epochs": 1, "widths": [8, 16], "batch_size": 16, "precision": "float32",
+                                          "warmup_epochs": 0, "tta": False, "teacher": str(tiny_run / "best.keras"),
+                                          "augment": {"rotation": 0, "shift": 0, "zoom": 0, "erasing": 0, "flip": False}})
+    train(cfg, tmp_path / "run", data=splits)
+    with open(tmp_path / "run" / "history.csv") as f:
+        logged = float(next(csv.DictReader(f))["val_ferplus_accuracy"])
+    val = splits["val"]
+    pred = keras.saving.load_model(tmp_path / "run" / "best.keras").predict(val.x[..., None].astype("float32"), verbose=0)
+    truth = ferplus.majority(val.votes)
+    assert logged == pytest.approx(float(np.mean(pred.argmax(1)[truth >= 0] == truth[truth >= 0])), abs=1e-6)

