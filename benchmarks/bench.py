@@ -24,9 +24,30 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from feredge.benchmarks import RESULTS_DIR
+from feredge.benchmarks.e2e import e2e_crops, e2e_metrics
+from feredge.benchmarks.peer import PEER_FORMAT, PEER_MODEL, FerPeer
+from feredge.benchmarks.synthetic import make_video
+from feredge.edge.classifier import (
+    EmotionClassifier,
+    ModelError,
+    load_litert_interpreter,
+    read_manifest,
+)
+from feredge.edge.detector import DEFAULT_SETTINGS, PI_PRESET, EmotionDetector
+from feredge.edge.faces import FaceDetectorError
+from feredge.edge.loop import LoopOptions, VideoLoop
+from feredge.train.data import default_data_path, load_fer2013, subset
+from feredge.train.evaluate import (
+    agreement_with_people,
+    classification_metrics,
+    predict_split,
+)
+
+# Keras (the optional Keras row), matplotlib and tqdm (the `bench` extra) are imported where used.
 
 COLUMNS = ["model", "format", "size_kb", "mmacs", "load_ms", "accuracy", "macro_f1", "ferplus_accuracy",
            "ferplus_balanced_accuracy", "e2e_accuracy", "e2e_macro_f1",
@@ -88,7 +109,6 @@ def multiply_adds(path: Path) -> float | None:
     network's TFLite graph (an ONNX file: the TFLite file beside it, the same network). The work a
     compute-bound core must do (a Pi 4's Cortex-A72), where a fast x86 core's timings of small
     models are mostly fixed per-call costs. None when there is no TFLite graph to read."""
-    from feredge.edge.classifier import load_litert_interpreter
 
     if path.suffix != ".tflite":
         path = next(iter(sorted(path.parent.glob("*.tflite"))), None)
@@ -124,8 +144,6 @@ def peak_rss(model: str, fmt: str, runs: int) -> float:
 
 def classifier_factory(model: Path, fmt: str):
     """threads -> a classifier with predict_pixels / predict_faces: one of our formats, or the peer."""
-    from feredge.benchmarks.peer import PEER_FORMAT, FerPeer
-    from feredge.edge.classifier import EmotionClassifier
 
     if fmt == PEER_FORMAT:
         return lambda threads: FerPeer(model, threads=threads)
@@ -161,9 +179,6 @@ def interleaved_latency(jobs, threads, reps: int, rounds: int = 10) -> dict:
 
 
 def bench_format(name: str, model: Path, fmt: str, evalset, threads, reps: int, rss_runs: int, e2e_crops=None) -> dict:
-    from feredge.benchmarks.e2e import e2e_metrics
-    from feredge.train.evaluate import classification_metrics, predict_split
-
     make = classifier_factory(model, fmt)
     t = time.perf_counter()
     clf = make(max(threads))
@@ -186,7 +201,6 @@ def ferplus_columns(probs, votes) -> dict:
     """FER+ majority accuracy and balanced accuracy (train/ferplus.py); none without the votes."""
     if votes is None:
         return {}
-    from feredge.train.evaluate import agreement_with_people
 
     people = agreement_with_people(probs, votes)
     return {"ferplus_accuracy": round(people["accuracy"], 4),
@@ -195,8 +209,6 @@ def ferplus_columns(probs, votes) -> dict:
 
 def bench_keras(path: Path, evalset, threads, reps: int) -> dict:
     import keras
-
-    from feredge.train.evaluate import classification_metrics, predict_split
 
     t = time.perf_counter()
     model = keras.models.load_model(path, compile=False)
@@ -219,11 +231,6 @@ def bench_keras(path: Path, evalset, threads, reps: int) -> dict:
 def bench_e2e(model_dir: Path, face_model, frames: int) -> list[dict]:
     """The whole loop on generated 640x480 videos with one and three faces, under the default settings
     and under the Raspberry Pi preset held to 1 thread (this machine's stand-in for one Pi core)."""
-    import cv2
-
-    from feredge.benchmarks.synthetic import make_video
-    from feredge.edge.detector import DEFAULT_SETTINGS, PI_PRESET, EmotionDetector
-    from feredge.edge.loop import LoopOptions, VideoLoop
 
     settings = {"default": DEFAULT_SETTINGS, "--pi, 1 thread": {**PI_PRESET, "threads": 1}}
     opencv_threads = cv2.getNumThreads()
@@ -314,11 +321,6 @@ def plot(rows, path: Path, machine: str):
 def main(args) -> int:
     from tqdm import tqdm
 
-    from feredge.benchmarks.peer import PEER_FORMAT, PEER_MODEL
-    from feredge.edge.classifier import ModelError, read_manifest
-    from feredge.train.data import default_data_path, load_fer2013
-    from feredge.train.data import subset
-
     threads = sorted({int(t) for t in args.threads.split(",")})
     reps = 20 if args.quick else args.reps
     data = load_fer2013(args.data or default_data_path())
@@ -337,10 +339,6 @@ def main(args) -> int:
         jobs.append((PEER_MODEL, Path(args.peer_fer), PEER_FORMAT))
     crops, found_pct = {}, {}
     if not args.no_e2e:
-        from feredge.benchmarks.e2e import e2e_crops
-        from feredge.edge.detector import EmotionDetector
-        from feredge.edge.faces import FaceDetectorError
-
         # Detection and cropping once per model folder (its manifest's crop); the peer gets the
         # first model's crops: the same faces, framed as FER-2013 frames them.
         try:

@@ -25,7 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from feredge.benchmarks import RESULTS_DIR, publish
-from feredge.benchmarks.e2e import FRAME
+from feredge.benchmarks.e2e import FRAME, MIN_IOU, composites, e2e_crops
+from feredge.edge.detector import EmotionDetector
+from feredge.edge.faces import FaceDetector
+from feredge.edge.tracking import iou
+from feredge.train.data import default_data_path, load_fer2013, subset
 
 RESULTS = RESULTS_DIR / "detection" / "detection.md"
 WIDTHS = (320, 640)  # detection widths of a 640x480 frame: the --pi preset and the default
@@ -35,9 +39,6 @@ RETRY_ZOOM = 2.0
 
 def detections(faces_gray: np.ndarray, face_model, scales, seed: int = 0):
     """Per frame and scale: (scores of boxes on the face, scores of the other boxes, seconds)."""
-    from feredge.benchmarks.e2e import MIN_IOU, composites
-    from feredge.edge.faces import FaceDetector
-    from feredge.edge.tracking import iou
 
     detector = FaceDetector(face_model, score_threshold=min(THRESHOLDS), detect_width=0, retry_zoom=1)
     out = []
@@ -89,8 +90,6 @@ def markdown(rows: list[dict], n: int) -> str:
 
 def gap_decomposition(model, face_model, faces_gray: np.ndarray, y: np.ndarray) -> str:
     """One line: where e2e accuracy loses against crop accuracy, with the runtime's default settings."""
-    from feredge.benchmarks.e2e import e2e_crops
-    from feredge.edge.detector import EmotionDetector
 
     detector = EmotionDetector(model, face_model=face_model)
     crops = e2e_crops(detector, faces_gray)
@@ -112,8 +111,6 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--model", help="also break down this model's end-to-end gap, on all of PublicTest")
     args = p.parse_args(argv)
-    from feredge.train.data import default_data_path, load_fer2013
-    from feredge.train.data import subset
 
     val = load_fer2013(args.data or default_data_path())["val"]
     sample = subset(val, args.n, seed=0)  # stratified

@@ -12,9 +12,11 @@ overlaps it best is the one that counts.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from feredge.edge.tracking import iou
+from feredge.train.evaluate import classification_metrics
 
 FRAME = (640, 480)
 FACE_SIDE = (64, 200)
@@ -23,7 +25,6 @@ MIN_IOU = 0.3  # a detection overlapping the true face square this much has foun
 
 def composite(face_gray: np.ndarray, seed: int, frame_size=FRAME):
     """(BGR frame, true face square (x, y, side, side)) for one 48x48 grey face."""
-    import cv2
 
     rng = np.random.default_rng(seed)
     w, h = frame_size
@@ -80,7 +81,6 @@ def e2e_crops(detector, faces_gray: np.ndarray, seed: int = 0) -> list:
 
 def e2e_metrics(predict_faces, crops: list, y: np.ndarray) -> dict:
     """Accuracy and macro-F1 of predict_faces over the crops, a missed face counting as wrong."""
-    from feredge.train.evaluate import classification_metrics
 
     found = np.array([c is not None for c in crops])
     pred = np.full(len(crops), 7)  # an eighth "no face" column: wrong for recall, no false positive

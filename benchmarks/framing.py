@@ -20,10 +20,15 @@ import json
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from feredge.benchmarks import RESULTS_DIR
-from feredge.edge.preprocess import CROP_BASES, crop_basis
+from feredge.benchmarks.e2e import e2e_faces, e2e_metrics
+from feredge.edge.classifier import EmotionClassifier
+from feredge.edge.faces import FaceDetector, find_yunet
+from feredge.edge.preprocess import CROP_BASES, crop_basis, square_crop, to_gray
+from feredge.train.data import default_data_path, load_fer2013
 
 RESULTS = RESULTS_DIR / "framing.json"
 UPSCALE, PAD = 160, 80  # the FER frame as YuNet sees it: 160 px face inside 320 px of context
@@ -32,9 +37,6 @@ UPSCALE, PAD = 160, 80  # the FER frame as YuNet sees it: 160 px face inside 320
 def detect_in_frames(faces_gray: np.ndarray, face_model) -> np.ndarray:
     """Per 48x48 face: [found, x, y, w, h, right-eye x, y, left-eye x, y, score] in FER-frame units
     (0..1 across the frame); NaN where YuNet finds nothing."""
-    import cv2
-
-    from feredge.edge.faces import find_yunet
 
     side = UPSCALE + 2 * PAD
     yunet = cv2.FaceDetectorYN.create(str(find_yunet(face_model)), "", (side, side), 0.6, 0.3, 5)
@@ -84,10 +86,6 @@ def fit_crop(det: np.ndarray) -> dict:
 def compare_crops(fitted: dict, model, face_model, split, seed: int = 0) -> dict:
     """End-to-end accuracy (benchmarks/e2e.py) of one classifier under candidate crops: the fitted
     crop, the same with eye-levelling, and the runtime's earlier guess (1.2 x the box's longer side)."""
-    from feredge.benchmarks.e2e import e2e_faces, e2e_metrics
-    from feredge.edge.classifier import EmotionClassifier
-    from feredge.edge.faces import FaceDetector
-    from feredge.edge.preprocess import square_crop, to_gray
 
     variants = {"fitted": (fitted, False), "fitted + eye levelling": (fitted, True),
                 "earlier: 1.2 x longer side": ({"basis": "max", "scale": 1.2, "offset": [0, 0]}, False)}
@@ -109,7 +107,6 @@ def main(argv=None) -> int:
     p.add_argument("--compare", metavar="MODEL", help="also measure end-to-end PublicTest accuracy of MODEL "
                    "under the fitted crop, with eye levelling, and the earlier crop (written as 'comparison')")
     args = p.parse_args(argv)
-    from feredge.train.data import default_data_path, load_fer2013
 
     data = load_fer2013(args.data or default_data_path())
     if args.compare:  # keeps the fit in --out; adds the comparison to it

@@ -19,6 +19,11 @@ import numpy as np
 
 from feredge.benchmarks import RESULTS_DIR, publish
 from feredge.benchmarks.bench import interleaved_latency, machine_name, multiply_adds
+from feredge.benchmarks.pi_estimate import PI5_OVER_PI4, pi4_slowdown, yunet_ms_here
+from feredge.edge.classifier import resolve_model
+from feredge.export.export import to_tflite
+
+# Keras and the Keras networks (feredge.train.models) are imported where used: heavy, `export` extra.
 
 ARCH = "resnet50v2"
 
@@ -27,7 +32,6 @@ def int8_tflite(size: int, out: Path, calib_n: int = 16) -> Path:
     """ResNet50V2 at size x size, random weights, as the export's tflite_int8 (random calibration pixels)."""
     import keras
 
-    from feredge.export.export import to_tflite
     from feredge.train.models import build_model
 
     keras.utils.set_random_seed(0)
@@ -47,7 +51,6 @@ def main() -> int:
     parser.add_argument("--face-model", help="YuNet file: adds Pi 4 / Pi 5 estimates (benchmarks/pi_estimate.py)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
-    from feredge.edge.classifier import resolve_model
 
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,8 +65,6 @@ def main() -> int:
     head = ["model", "M multiply-adds", "int8 file MB", "p50 ms, 1 thread"]
     scale = None
     if args.face_model:
-        from feredge.benchmarks.pi_estimate import PI5_OVER_PI4, pi4_slowdown, yunet_ms_here
-
         scale = pi4_slowdown(yunet_ms_here(Path(args.face_model)))
         head += ["Pi 4 ms (est.)", "Pi 5 ms (est.)"]
     ref_macs, ref_ms = rows[-1][1], rows[-1][3]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from feredge.edge.classifier import EmotionClassifier
-from feredge.edge.preprocess import LABELS
+from feredge.edge.preprocess import LABELS, preprocess_faces
 
 FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 TO_OURS = [FER_LABELS.index(label) for label in LABELS]
@@ -33,6 +33,4 @@ class FerPeer:
         return self.clf.predict_pixels(pixels / 127.5 - 1.0)[:, TO_OURS]
 
     def predict_faces(self, faces) -> np.ndarray:
-        from feredge.edge.preprocess import preprocess_faces
-
         return self.predict_pixels(preprocess_faces(faces, self.input_size, self.channels))

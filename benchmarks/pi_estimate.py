@@ -21,10 +21,12 @@ import statistics
 import time
 from pathlib import Path
 
+import cv2
+
 from feredge.benchmarks import RESULTS_DIR, publish
 from feredge.benchmarks.bench import machine_name, slug
 from feredge.edge.detector import PI_PRESET
-
+from feredge.edge.faces import FaceDetector
 
 # Published: YuNet 2023mar, 320x320, 1 thread, Raspberry Pi 4 (64-bit OS), mean per image over the
 # source's test images 0-2: 58.7, 54.4, 54.4 ms. TonyCongqianWang/cv_facedetection_eval, time_comparison_pi.md.
@@ -43,9 +45,6 @@ OPENCV_ZOO_PI4_OVER_I7 = {"YuNet 160x120": 5.43 / 0.72, "FER 112x112": 32.53 / 3
 
 def yunet_ms_here(face_model: Path, runs: int = 200) -> float:
     """YuNet at 320x320 on 1 thread on this machine: median ms per call, the sample photo as input."""
-    import cv2
-
-    from feredge.edge.faces import FaceDetector
 
     image = cv2.resize(cv2.imread(str(Path(__file__).resolve().parents[1] / "edge" / "assets" / "astronaut.jpg")),
                        (320, 320))

@@ -18,6 +18,7 @@ class _Block:
 
 def main():
     sys.meta_path.insert(0, _Block())
+    # Imported after the block is in place, so that nothing they pull in can load TensorFlow or Keras.
     import numpy as np
 
     from feredge.benchmarks.bench import classifier_factory

@@ -31,6 +31,10 @@ import numpy as np
 
 from feredge.benchmarks import RESULTS_DIR
 from feredge.benchmarks.synthetic import sample_face
+from feredge.edge.detector import EmotionDetector
+from feredge.edge.loop import LoopOptions, VideoLoop
+
+# matplotlib (the `bench` extra) is imported where the plot is drawn.
 
 RESULTS = RESULTS_DIR / "soak"
 SIZE, OTHER_SIZE = (320, 240), (480, 360)
@@ -110,8 +114,6 @@ class Soak:
 
 def run(face_model, frames: int, drop_every: int, sample_every: int, workdir: Path, cycle: int = 20_000,
         detect_every: int = 1) -> dict:
-    from feredge.edge.detector import EmotionDetector
-    from feredge.edge.loop import LoopOptions, VideoLoop
 
     if cycle % sample_every:
         raise ValueError("--cycle must be a multiple of --sample-every")

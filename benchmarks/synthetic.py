@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
+
+from feredge.edge.detector import read_image
 
 SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "edge" / "assets" / "astronaut.jpg"
 # The face in the 512x512 sample (found by YuNet), with some hair and chin around it.
@@ -13,18 +16,12 @@ SAMPLE_FACE_BOX = (150, 20, 150, 190)
 
 
 def sample_face(width: int) -> np.ndarray:
-    import cv2
-
-    from feredge.edge.detector import read_image
-
     x, y, w, h = SAMPLE_FACE_BOX
     crop = read_image(SAMPLE_IMAGE)[y : y + h, x : x + w]
     return cv2.resize(crop, (width, int(round(width * h / w))), interpolation=cv2.INTER_AREA)
 
 
 def make_video(path, faces: int = 1, frames: int = 60, size=(640, 480), fps: float = 25.0) -> Path:
-    import cv2
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     w, h = size

@@ -14,14 +14,18 @@ import time
 
 import numpy as np
 
+from feredge.benchmarks.bench import machine_name
+from feredge.edge.preprocess import LABELS
+from feredge.train.train import build_fit_model, load_config, parse_overrides
+
+# Keras and the Keras networks (feredge.train.models) are imported where used: heavy, `train` extra.
+
 
 def step_times(cfg: dict, steps: int, warmup: int = 2) -> list[float]:
     """Seconds per train_on_batch for cfg's fit model, after `warmup` untimed steps."""
     import keras
 
-    from feredge.edge.preprocess import LABELS
     from feredge.train.models import INPUT_CHANNELS, precision_policy
-    from feredge.train.train import build_fit_model
 
     keras.utils.set_random_seed(cfg["seed"])
     with precision_policy(cfg["precision"]):
@@ -49,9 +53,6 @@ def variants(cfg: dict) -> dict[str, dict]:
 
 
 def main(argv=None):
-    from feredge.benchmarks.bench import machine_name
-    from feredge.train.train import load_config, parse_overrides
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="a training config (train/configs/*.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")

@@ -7,20 +7,23 @@ With a manifest it reads labels and input spec from it and verifies the file's s
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 
+import feredge.models
 from feredge.edge.native_log import known_noise_dropped
 from feredge.edge.preprocess import LABELS, preprocess_faces
+
+# The inference runtimes are imported where a model is loaded: whichever of LiteRT, tflite-runtime and
+# onnxruntime is installed, and only the one the model's format needs.
 
 MANIFEST = "manifest.json"
 # The shipped models, models/<name>/ inside the installed package.
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 if not MODELS_DIR.is_dir():  # editable installs map feredge.models to the repo's models/
-    import feredge.models
-
     MODELS_DIR = Path(feredge.models.__file__).parent
 # Preferred format when a folder is given: int8 first (smallest, fastest on a Pi-class CPU).
 FORMAT_PREFERENCE = ("tflite_int8", "onnx_int8", "tflite_float16", "tflite_float32", "tflite_dynamic", "onnx_float32")
@@ -87,8 +90,6 @@ def shipped_models() -> list[str]:
 
 
 def _backend_available(filename: str) -> bool:
-    import importlib.util
-
     if filename.endswith(".onnx"):
         return importlib.util.find_spec("onnxruntime") is not None
     return any(importlib.util.find_spec(m) is not None for m in ("ai_edge_litert", "tflite_runtime"))
@@ -111,9 +112,7 @@ def load_litert_interpreter(path: Path, threads: int | None):
                              "pip install ai-edge-litert, or use the int8 or float formats") from None
         raise ModelError(f"{path} is not a valid TFLite model: {reason}") from None
     except (SystemError, ImportError):  # tflite-runtime <= 2.14 is built for NumPy 1.x only
-        import numpy
-
-        raise ModelError(f"this tflite-runtime does not work with NumPy {numpy.__version__}: "
+        raise ModelError(f"this tflite-runtime does not work with NumPy {np.__version__}: "
                          "pip install 'numpy<2', or use ai-edge-litert") from None
 
 

@@ -1,5 +1,4 @@
 """The three-line API:
-
     from feredge.edge import EmotionDetector
     detector = EmotionDetector()                 # the shipped model, loaded once
     for face in detector.predict("photo.jpg"):   # a path or a BGR/grey numpy image
@@ -12,9 +11,16 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from feredge.edge.classifier import MODELS_DIR, PRIORS, EmotionClassifier, ModelError, with_prior
+from feredge.edge.classifier import (
+    MODELS_DIR,
+    PRIORS,
+    EmotionClassifier,
+    ModelError,
+    with_prior,
+)
 from feredge.edge.faces import FaceDetector
 from feredge.edge.preprocess import DEFAULT_CROP, square_crop, to_gray
 
@@ -48,8 +54,6 @@ def default_model_dir() -> Path:
 
 
 def read_image(path) -> np.ndarray:
-    import cv2
-
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"image not found: {path}")
@@ -83,8 +87,6 @@ class EmotionDetector:
         self.tta, self.prior, self.min_confidence = tta, prior, min_confidence
         self.classifier = EmotionClassifier(model or default_model_dir(), fmt=fmt, threads=threads)
         if threads:  # YuNet runs on OpenCV's own (process-wide) thread pool
-            import cv2
-
             cv2.setNumThreads(threads)
         self.faces = FaceDetector(face_model, score_threshold=face_score, min_face=min_face,
                                   detect_width=detect_width, retry_zoom=retry_zoom, allow_download=allow_download)

@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from feredge.edge.native_log import known_noise_dropped
@@ -88,8 +89,6 @@ def find_yunet(model_path=None, allow_download: bool = False, timeout: float = 3
 
 
 def haar_cascade_path() -> Path | None:
-    import cv2
-
     folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
     path = Path(folder or "") / "haarcascade_frontalface_default.xml"
     return path if folder and path.is_file() else None
@@ -107,7 +106,6 @@ class FaceDetector:
 
     def __init__(self, model_path=None, score_threshold: float = 0.6, min_face: int = 24,
                  detect_width: int = 640, retry_zoom: float = 2.0, allow_download: bool = False):
-        import cv2
 
         self.min_face, self.detect_width, self.retry_zoom, self.kind = min_face, detect_width, retry_zoom, "yunet"
         path = find_yunet(model_path, allow_download)
@@ -139,7 +137,6 @@ class FaceDetector:
 
     def detect_at(self, image: np.ndarray, scale: float) -> list[FaceBox]:
         """Faces found with the image resized by scale (boxes in the image's own pixels)."""
-        import cv2
 
         h, w = image.shape[:2]
         if scale != 1:

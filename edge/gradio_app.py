@@ -8,11 +8,16 @@ queue.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from feredge.edge.detector import EmotionDetector
 from feredge.edge.overlay import draw_faces
+
+# Gradio and Pillow (the `ui` extra) are imported where the page is built.
 
 MAX_UPLOAD_PIXELS = 40_000_000  # 40 megapixels: a decoded 30,000 x 30,000 "decompression bomb" would need 2.7 GB
 MAX_UPLOAD_SIZE = "25mb"        # refused by Gradio before it reaches us
@@ -25,7 +30,6 @@ class UploadError(Exception):
 
 def load_upload(path) -> np.ndarray:
     """The uploaded file as a BGR image, its header checked before any pixel is decoded."""
-    import cv2
     from PIL import Image, UnidentifiedImageError  # Gradio depends on Pillow
 
     path = Path(path)
@@ -48,8 +52,6 @@ def load_upload(path) -> np.ndarray:
 
 
 def build_app(detector):
-    import os
-
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from an edge device
     import gradio as gr
 
@@ -103,7 +105,6 @@ def launch(model=None, face_model=None, host: str = "127.0.0.1", port: int = 786
         import gradio  # noqa: F401
     except ImportError:
         raise SystemExit("feredge: error: the UI needs Gradio: pip install 'feredge[ui]'") from None
-    from feredge.edge.detector import EmotionDetector
 
     detector = EmotionDetector(model, face_model=face_model, **choices)
     build_app(detector).launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD_SIZE)

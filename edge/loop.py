@@ -18,9 +18,13 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
-from feredge.edge.overlay import draw_faces, draw_fps, draw_status
+from feredge.edge.analytics import RunReport
+from feredge.edge.detector import ImageError, read_image
+from feredge.edge.overlay import blur_faces, draw_faces, draw_fps, draw_status
 from feredge.edge.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,10 @@ class LoopOptions:
     reconnect_delay_s: float = 1.0  # first wait after a drop; doubles per failed attempt...
     max_reconnect_delay_s: float = 30.0  # ...up to this
     max_reconnects: int = 0        # 0: forever (kiosk)
+    report_dir: str | None = None  # events.csv/jsonl, people.csv, summary.json, timeline.png (edge/analytics.py)
+    summary_every_s: float = 10.0  # how often the report's summary is rewritten
+    blur_faces: bool = False       # blur every face in saved images and videos
+    progress: bool | None = None   # a progress bar for video files; None: when stdout is a terminal
 
 
 def source_kind(source: str) -> str:
@@ -64,8 +72,6 @@ def source_kind(source: str) -> str:
 
 
 def open_capture(source: str, kind: str, timeout_s: float):
-    import cv2
-
     if kind == "camera":
         cap = cv2.VideoCapture(int(source))
         if not cap.isOpened():
@@ -84,7 +90,6 @@ def open_capture(source: str, kind: str, timeout_s: float):
 
 def as_bgr(frame):
     """A 3-channel BGR view of a captured frame; None for an empty or malformed one."""
-    import cv2
 
     if not isinstance(frame, np.ndarray) or frame.size == 0 or frame.ndim not in (2, 3) or min(frame.shape[:2]) < 2:
         return None
@@ -97,14 +102,32 @@ def as_bgr(frame):
 
 def fit_to(frame: np.ndarray, size) -> np.ndarray:
     """The frame at the video's (width, height): a camera may change resolution mid-run."""
-    import cv2
 
     return frame if frame.shape[1::-1] == tuple(size) else cv2.resize(frame, tuple(size))
 
 
+class MediaClock:
+    """Each frame's time in seconds: a video's own timestamps (right for variable frame rates), or the
+    seconds since the loop started for cameras and streams."""
+
+    def __init__(self, cap, live: bool):
+        self.live, self.start = live, time.monotonic()
+        fps = cap.get(cv2.CAP_PROP_FPS) or 0
+        self.nominal_fps = fps if 1 <= fps <= 1000 else 25.0
+        self.last = -1.0
+
+    def seconds(self, cap, index: int) -> float:
+        if self.live:
+            return time.monotonic() - self.start
+        ms = cap.get(cv2.CAP_PROP_POS_MSEC)
+        # A backend that gives no timestamps (0 after the first frame, or going backwards): frame index / fps.
+        t = ms / 1000 if ms and ms / 1000 > self.last else index / self.nominal_fps
+        self.last = t
+        return t
+
+
 def display_available() -> bool:
     """True when OpenCV has a GUI backend and there is a screen to show it on."""
-    import cv2
 
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return False
@@ -140,11 +163,8 @@ class _Stopper:
             signal.signal(s, h)
 
 
-def run_images(detector, source: str, out_dir: str | None, print_fn=print) -> list[dict]:
+def run_images(detector, source: str, out_dir: str | None, print_fn=print, blur: bool = False) -> list[dict]:
     """Image file or folder: print each image's faces, write annotated images + JSON to out_dir."""
-    import cv2
-
-    from feredge.edge.detector import ImageError, read_image
 
     path = Path(source)
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
@@ -172,7 +192,7 @@ def run_images(detector, source: str, out_dir: str | None, print_fn=print) -> li
             print_fn(f"{f.name}: face {i + 1} at {face.box}: {face.label} "
                      f"({', '.join(f'{k} {v:.2f}' for k, v in top)})")
         if out:
-            annotated = draw_faces(image.copy(), faces)
+            annotated = draw_faces(blur_faces(image.copy(), faces) if blur else image.copy(), faces)
             cv2.imwrite(str(out / f"{f.stem}_annotated.jpg"), annotated)
             (out / f"{f.stem}.json").write_text(json.dumps(record, indent=2))
     return results
@@ -191,8 +211,6 @@ class VideoLoop:
         self.window = None
 
     def run(self) -> dict:
-        import cv2
-
         opt = self.opt
         cap = self.open_source(self.source, self.kind, opt.timeout_s)
         if opt.show or opt.kiosk:
@@ -208,9 +226,13 @@ class VideoLoop:
         # Line-buffered: every event line reaches the file as it is written, so a kill loses at most the last.
         writer, writer_size, events = None, None, open(opt.events, "a", buffering=1) if opt.events else None
         self.events = events
+        live = self.kind != "video"
+        report = RunReport(opt.report_dir, live, self.source, opt.summary_every_s) if opt.report_dir else None
         frames_in = frames_out = faces_total = reconnects = bad_frames = 0
         times = deque(maxlen=30)  # recent frame times: FPS over a sliding window, constant memory
-        fps, status, t_start = 0.0, "", time.time()
+        fps, status, t_start, t0 = 0.0, "", time.time(), time.monotonic()
+        clock = MediaClock(cap, live)
+        bar = self._progress_bar(cap)
         try:
             with _Stopper() as stopper:
                 while not stopper.stop and not (opt.max_frames and frames_in >= opt.max_frames):
@@ -230,10 +252,14 @@ class VideoLoop:
                         status = ""
                         continue
                     frames_in += 1
+                    media_s = clock.seconds(cap, frames_in - 1)
+                    if bar is not None:
+                        bar.update(1)
                     frame = as_bgr(frame)
                     if frame is None:  # empty or malformed buffer from the driver: skip it, count it
                         bad_frames += 1
                         continue
+                    detected = (frames_in - 1) % max(1, opt.detect_every) == 0
                     faces = self._faces(frame, frames_in - 1)
                     faces_total += len(faces)
                     now = time.time()
@@ -242,8 +268,12 @@ class VideoLoop:
                         fps = (len(times) - 1) / (times[-1] - times[0])
                     if events:
                         for face in faces:
-                            events.write(json.dumps({"t": round(now, 3), "event": "face", "frame": frames_in - 1,
-                                                    **face.to_dict()}) + "\n")
+                            events.write(json.dumps({"t": round(now, 3), "time_s": round(media_s, 4), "event": "face",
+                                                    "frame": frames_in - 1, **face.to_dict()}) + "\n")
+                    if report:
+                        report.add(frames_in - 1, media_s, faces, detected, wall=now if live else None)
+                    if opt.blur_faces:
+                        blur_faces(frame, faces)
                     annotated = draw_faces(frame, faces, scale=1.8 if opt.kiosk else 1.0)
                     draw_fps(annotated, fps, scale=1.5 if opt.kiosk else 1.0)
                     if status:
@@ -258,6 +288,10 @@ class VideoLoop:
                         if cv2.waitKey(1) & 0xFF in (27, ord("q")):
                             break
         finally:
+            if bar is not None:
+                bar.close()
+            if report:
+                report.close()
             if cap is not None:  # None when reconnecting gave up
                 cap.release()
             if writer:
@@ -269,6 +303,14 @@ class VideoLoop:
         wall = time.time() - t_start
         return {"frames_in": frames_in, "frames_out": frames_out, "faces": faces_total, "reconnects": reconnects,
                 "bad_frames": bad_frames, "wall_s": round(wall, 2), "fps": round(frames_out / wall, 2) if wall > 0 else 0.0}
+
+    def _progress_bar(self, cap):
+        """tqdm over a video file's frames on a terminal; None for live sources or without a terminal."""
+        show = self.opt.progress if self.opt.progress is not None else sys.stdout.isatty()
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if self.kind == "video" else 0
+        if not show or total <= 0:
+            return None
+        return tqdm(total=total, unit="frame", desc=Path(self.source).name, leave=False)
 
     def _faces(self, frame: np.ndarray, index: int):
         det = self.detector
@@ -311,8 +353,6 @@ class VideoLoop:
 
     @staticmethod
     def _open_writer(path: str, frame: np.ndarray, cap):
-        import cv2
-
         fps = cap.get(cv2.CAP_PROP_FPS) or 0
         fps = fps if 1 <= fps <= 120 else 25.0
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 COLORS = {  # BGR
@@ -12,7 +13,6 @@ COLORS = {  # BGR
 
 def draw_faces(image: np.ndarray, faces, bars: bool = True, scale: float = 1.0) -> np.ndarray:
     """Annotate image in place (BGR) with each face's box, label and probability bars."""
-    import cv2
 
     h, w = image.shape[:2]
     font_scale = max(0.4, min(w, h) / 900.0) * scale
@@ -34,8 +34,6 @@ def draw_faces(image: np.ndarray, faces, bars: bool = True, scale: float = 1.0) 
 
 
 def _draw_bars(image, probs: dict, x0: int, y0: int, font_scale: float):
-    import cv2
-
     row = int(16 * font_scale / 0.5)
     width = int(60 * font_scale / 0.5)
     for i, (label, p) in enumerate(sorted(probs.items(), key=lambda kv: -kv[1])):
@@ -47,14 +45,26 @@ def _draw_bars(image, probs: dict, x0: int, y0: int, font_scale: float):
 
 
 def draw_fps(image: np.ndarray, fps: float, scale: float = 1.0):
-    import cv2
-
     fs = max(0.5, image.shape[1] / 1000.0) * scale
     cv2.putText(image, f"{fps:5.1f} FPS", (10, int(30 * fs)), cv2.FONT_HERSHEY_SIMPLEX, fs, (0, 255, 0), max(1, int(2 * fs)), cv2.LINE_AA)
 
 
 def draw_status(image: np.ndarray, text: str, scale: float = 1.0):
-    import cv2
-
     fs = max(0.6, image.shape[1] / 900.0) * scale
     cv2.putText(image, text, (10, image.shape[0] - int(20 * fs)), cv2.FONT_HERSHEY_SIMPLEX, fs, (0, 200, 255), max(1, int(2 * fs)), cv2.LINE_AA)
+
+
+def blur_faces(image: np.ndarray, faces, margin: float = 0.15) -> np.ndarray:
+    """Blur every face box (enlarged by margin on each side) in place, beyond recognition; returns image."""
+    h, w = image.shape[:2]
+    for face in faces:
+        x, y, bw, bh = face.box
+        x0, y0 = max(0, int(x - margin * bw)), max(0, int(y - margin * bh))
+        x1, y1 = min(w, int(x + bw * (1 + margin))), min(h, int(y + bh * (1 + margin)))
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            continue
+        region = image[y0:y1, x0:x1]
+        # Pixelate to an 8x8 grid, then smooth: no facial detail survives, the overlay stays readable.
+        small = cv2.resize(region, (8, 8), interpolation=cv2.INTER_AREA)
+        image[y0:y1, x0:x1] = cv2.GaussianBlur(cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR), (0, 0), 3)
+    return image

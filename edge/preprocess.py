@@ -8,6 +8,7 @@ raw pixels with an exact input quantization (scale 1, zero point -128).
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 # FER-2013's classes, in the order of the Kaggle folders and of the csv's emotion codes 0..6.
@@ -17,7 +18,6 @@ FER_SIZE = 48
 
 def to_gray(image: np.ndarray) -> np.ndarray:
     """uint8 grey image from a grey, BGR or BGRA OpenCV image."""
-    import cv2
 
     if image.ndim == 2:
         return image
@@ -45,8 +45,6 @@ def preprocess_faces(faces, size: int, channels: int = 1) -> np.ndarray:
 
 
 def resize_face(gray: np.ndarray, size: int) -> np.ndarray:
-    import cv2
-
     if gray.shape == (size, size):
         return gray
     # INTER_AREA when shrinking (anti-aliased), INTER_LINEAR when enlarging.
@@ -79,7 +77,6 @@ def square_crop(gray: np.ndarray, box, crop: dict = DEFAULT_CROP, roll_degrees: 
     """The square face crop for box (x, y, w, h) under a crop spec (see DEFAULT_CROP); where it
     leaves the image, edges are replicated (as FER-2013's framing would show more of the scene).
     roll_degrees != 0 rotates the crop about its centre by that much (levels the eyes)."""
-    import cv2
 
     x, y, w, h = (float(v) for v in box)
     side = crop["scale"] * crop_basis(crop["basis"], w, h)

@@ -21,6 +21,7 @@ manifest, moves it to rejected/, and fails the export.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata as md
 import json
 import logging
 import platform
@@ -32,8 +33,22 @@ from pathlib import Path
 
 import numpy as np
 
-from feredge.edge.classifier import sha256_of
-from feredge.edge.preprocess import DEFAULT_CROP, LABELS
+from feredge.edge.classifier import (
+    EmotionClassifier,
+    load_litert_interpreter,
+    sha256_of,
+)
+from feredge.edge.preprocess import DEFAULT_CROP, LABELS, preprocess_faces
+from feredge.train.data import default_data_path, load_fer2013, subset
+from feredge.train.evaluate import (
+    agreement_with_people,
+    calibration_bins,
+    classification_metrics,
+    predict_split,
+)
+
+# TensorFlow, Keras, onnx, onnxruntime's quantizer, LiteRT and tqdm are imported where each format is
+# made or checked: heavy, and each step needs only its own.
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +229,14 @@ def to_onnx(model, path: Path):
 
 
 def quantize_onnx(float_path: Path, out_path: Path, calib_pixels: np.ndarray):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     input_name = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
@@ -266,15 +285,11 @@ def training_prior(run_dir, train_labels) -> dict:
 
 def gate_eval_set(data, quick: int, seed: int):
     """PrivateTest, or for quick mode a fixed stratified subset of it."""
-    from feredge.train.data import subset
 
     return subset(data["test"], quick, seed)
 
 
 def evaluate_artifact(path: Path, x_gray, y, votes=None):
-    from feredge.edge.classifier import EmotionClassifier
-    from feredge.train.evaluate import predict_split
-
     clf = EmotionClassifier(path, verify=False)
     probs = predict_split(clf.predict_pixels, x_gray, clf.input_size, clf.channels, tta=False)
     return scored_figures(probs, y, votes), probs.argmax(1)
@@ -283,7 +298,6 @@ def evaluate_artifact(path: Path, x_gray, y, votes=None):
 def scored_figures(probs: np.ndarray, y, votes=None) -> dict:
     """The manifest's figures for one model on the gate's images: on FER-2013's labels, and, with the
     FER+ votes, on FER+'s majority ("ferplus": images without one left out) with the vote cross-entropy."""
-    from feredge.train.evaluate import agreement_with_people, calibration_bins, classification_metrics
 
     m = classification_metrics(y, probs.argmax(1))
     out = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "balanced_accuracy": m["balanced_accuracy"],
@@ -304,8 +318,6 @@ def per_class_recall(metrics: dict) -> dict:
 def io_details(path: Path) -> dict:
     """Input/output dtypes and quantization parameters, as the edge runtime sees them."""
     if path.suffix == ".tflite":
-        from feredge.edge.classifier import load_litert_interpreter
-
         interp = load_litert_interpreter(path, 1)
         i, o = interp.get_input_details()[0], interp.get_output_details()[0]
         return {"input_dtype": np.dtype(i["dtype"]).name, "output_dtype": np.dtype(o["dtype"]).name,
@@ -322,8 +334,6 @@ def io_details(path: Path) -> dict:
 
 
 def tool_versions() -> dict:
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for pkg in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy", "opencv-python-headless"):
         try:
@@ -343,9 +353,6 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
     """
     from tqdm import tqdm
 
-    from feredge.train.data import default_data_path, load_fer2013
-    from feredge.train.evaluate import classification_metrics, predict_split
-
     gate = gate or Gate()
     outlier_factor = OUTLIER_FACTOR if outlier_factor is None else outlier_factor
     formats = parse_formats(formats) if isinstance(formats, (str, type(None))) else formats
@@ -355,7 +362,6 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
     model = load_keras(keras_path)
     _, size, _, channels = model.input_shape
     data = data or load_fer2013(default_data_path())
-    from feredge.edge.preprocess import preprocess_faces
 
     calib = preprocess_faces(calibration_sample(data["train"].x, calib_n, seed), size, channels) \
         if calib_pixels is None else calib_pixels
@@ -446,7 +452,6 @@ def rescore_manifest(model_dir, data=None) -> dict:
     each gated format of model_dir by running it through the edge runtime again; the files, their
     checksums and the gate's verdicts are left as they are. The Keras reference takes the float32
     ONNX's figures where that format agreed with it on every image (its run may be gone)."""
-    from feredge.train.data import default_data_path, load_fer2013
 
     model_dir = Path(model_dir)
     manifest_path = model_dir / "manifest.json"

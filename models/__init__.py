@@ -1,1 +1,4 @@
-"""Shipped models: one folder per model with its files and manifest.json (see README.md here)."""
+"""Shipped models: one folder per model with its files, manifest.json and model card (README.md here).
+
+Data only; imports nothing.
+"""

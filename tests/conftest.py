@@ -4,7 +4,6 @@ FER2013_ZIP or ../shared, and the YuNet face model from FEREDGE_FACE_MODEL or ..
 from __future__ import annotations
 
 import csv
-import io
 import os
 import zipfile
 from pathlib import Path

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import write_votes
 from feredge.benchmarks.bench import COLUMNS, E2E_COLUMNS
-from feredge.benchmarks.peer import PEER_FORMAT, PEER_MODEL, TO_OURS, FER_LABELS
+from feredge.benchmarks.peer import FER_LABELS, PEER_FORMAT, PEER_MODEL, TO_OURS
 from feredge.train.ferplus import VOTES_FILE
 
 

@@ -7,16 +7,13 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, SAMPLE
+from conftest import SAMPLE
 from feredge.edge.classifier import EmotionClassifier, ModelError
 from feredge.edge.preprocess import LABELS
-
-
 
 
 def run_cli(*args, timeout=120, env=None):
@@ -310,9 +307,7 @@ def test_native_start_up_noise_is_dropped_and_anything_else_passed_on():
     (["--pi", "--threads", "2", "--detect-every", "3"], (2, 320, 3)),  # explicit options win over the preset
 ])
 def test_pi_preset_sets_threads_detect_width_and_detect_every(monkeypatch, extra, expected):
-    import feredge.edge.detector as detector_module
-    import feredge.edge.loop as loop_module
-    from feredge.cli import main
+    import feredge.cli as cli
 
     seen = {}
 
@@ -329,9 +324,9 @@ def test_pi_preset_sets_threads_detect_width_and_detect_every(monkeypatch, extra
         def run(self):
             return {}
 
-    monkeypatch.setattr(detector_module, "EmotionDetector", Detector)
-    monkeypatch.setattr(loop_module, "VideoLoop", Loop)
-    assert main(["detect", "video.mp4", *extra]) == 0
+    monkeypatch.setattr(cli, "EmotionDetector", Detector)
+    monkeypatch.setattr(cli, "VideoLoop", Loop)
+    assert cli.main(["detect", "video.mp4", *extra]) == 0
     assert (seen["threads"], seen["detect_width"], seen["detect_every"]) == expected
 
 

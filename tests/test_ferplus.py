@@ -12,6 +12,7 @@ from conftest import REPO, make_zip, write_votes
 from feredge.edge.preprocess import LABELS
 from feredge.train import ferplus
 
+
 @pytest.fixture()
 def voted(tmp_path):
     """A mini zip whose votes say 'neutral' for 7 of 10 taggers on every train image labelled sad, one

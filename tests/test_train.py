@@ -324,8 +324,6 @@ def test_a_run_can_start_from_a_slimmed_model(tmp_path, mini_data):
 
 
 def test_a_run_can_go_on_at_another_input_size_from_a_trained_model(tmp_path):
-    import keras
-
     from feredge.train.models import custom_cnn, start_from
 
     source = custom_cnn(48, widths=(4, 6))
@@ -484,8 +482,7 @@ def test_an_ema_run_saves_the_averaged_weights(tmp_path, mini_data, tiny_run):
 def test_several_models_evaluate_as_the_geometric_mean_of_their_probabilities(tmp_path, mini_data, tiny_run):
     import keras
 
-    from feredge.train.evaluate import (classification_metrics, evaluate_and_report, geometric_mean, predict_split,
-                                        predictor)
+    from feredge.train.evaluate import classification_metrics, evaluate_and_report, geometric_mean, predict_split, predictor
 
     # A second member of another input size and channel count, so each member's own preprocessing counts.
     random_init = keras.initializers.RandomNormal(0, 0.01, seed=1)

@@ -21,6 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from feredge.edge.preprocess import LABELS
+from feredge.train import ferplus
+from feredge.train.data import default_data_path, load_fer2013
+from feredge.train.evaluate import (
+    classification_metrics,
+    evaluate_and_report,
+    predict_split,
+)
+
+# Keras is imported where a model is loaded: heavy, and its backend is chosen at first import.
 
 log = logging.getLogger(__name__)
 HEAD = "probs"  # the name of every architecture's final softmax dense layer (train/models.py)
@@ -29,7 +38,6 @@ HEAD = "probs"  # the name of every architecture's final softmax dense layer (tr
 def objective(log_probs: np.ndarray, y, bias: np.ndarray, min_recall: float) -> float:
     """accuracy + macro-F1, less a penalty for any class under min_recall; y: the labels, or a list of
     label sets (-1: no label), whose objectives are averaged."""
-    from feredge.train.evaluate import classification_metrics
 
     total = 0.0
     label_sets = y if isinstance(y, list) else [y]
@@ -72,9 +80,6 @@ def calibrate(run_dir, min_recall: float = 0.45, data=None, label_sets: str = "f
     mean of the two, and every class keeps min_recall on each)."""
     import keras
 
-    from feredge.train.data import default_data_path, load_fer2013
-    from feredge.train.evaluate import classification_metrics, evaluate_and_report, predict_split
-
     run_dir = Path(run_dir)
     source = run_dir / "best.keras"
     if not source.exists():
@@ -86,8 +91,6 @@ def calibrate(run_dir, min_recall: float = 0.45, data=None, label_sets: str = "f
     val = data["val"]
     probs = predict_split(predict, val.x, size, channels, tta=False)
     if label_sets == "both":
-        from feredge.train import ferplus
-
         if val.votes is None:
             raise ValueError("calibrating on both label sets needs FER+ votes beside the data")
         targets = [val.y, ferplus.majority(val.votes)]

@@ -21,10 +21,13 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from feredge.edge.preprocess import FER_SIZE, LABELS
 from feredge.train import ferplus
+
+# tqdm (the `train` extra) is imported where images are decoded.
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +135,6 @@ def attach_votes(splits: dict[str, Split], votes_path) -> dict[str, Split]:
 
 def sharpness(x: np.ndarray, n: int = 500) -> float:
     """Median variance of the Laplacian over up to n images: a standard focus / blur measure."""
-    import cv2
 
     step = max(1, len(x) // n)
     return float(np.median([cv2.Laplacian(img, cv2.CV_64F).var() for img in x[::step]]))
@@ -214,7 +216,6 @@ def _read_zip(path: Path):
 
 def _decode_items(items, where: str):
     """Decode (entry, read_bytes) pairs; a few unreadable files are skipped with a warning."""
-    import cv2
     from tqdm import tqdm
 
     images, labels, names, bad = [], [], [], []

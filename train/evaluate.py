@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from feredge.edge.preprocess import LABELS
+from feredge.edge.classifier import EmotionClassifier
+from feredge.edge.preprocess import LABELS, preprocess_faces
+from feredge.train import ferplus
+from feredge.train.data import subset
+
+# matplotlib and Keras are imported where a picture is drawn or a model loaded: heavy, and Keras's
+# backend is chosen at first import.
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +68,6 @@ def agreement_with_people(probs: np.ndarray, votes: np.ndarray) -> dict:
     """Metrics on FER+'s majority (images without a FER+ target left out, and counted), plus the mean
     cross-entropy from the crowd's vote shares to the predicted probabilities and the expected
     calibration error (ECE) of the top probability against the majority."""
-    from feredge.train import ferplus
 
     truth = ferplus.majority(votes)
     scored = truth >= 0
@@ -159,7 +164,6 @@ def predictor(model_path: Path):
         model = keras.models.load_model(model_path, compile=False)
         _, h, _, c = model.input_shape
         return (lambda x: np.asarray(model.predict(x, batch_size=256, verbose=0))), h, c
-    from feredge.edge.classifier import EmotionClassifier
 
     clf = EmotionClassifier(model_path)
     return clf.predict_pixels, clf.input_size, clf.channels
@@ -181,8 +185,6 @@ def geometric_mean(probs: list) -> np.ndarray:
 
 
 def predict_split(predict_fn, x_gray, size, channels, tta: bool, batch: int = 512):
-    from feredge.edge.preprocess import preprocess_faces
-
     out = []
     for i in range(0, len(x_gray), batch):
         xb = preprocess_faces(x_gray[i : i + batch], size, channels)
@@ -196,7 +198,6 @@ def predict_split(predict_fn, x_gray, size, channels, tta: bool, batch: int = 51
 def evaluate_and_report(model_path, data, out_dir, splits=("test",), tta=False, max_samples=0, seed=0) -> dict:
     """Evaluate model_path (or several, comma-separated: their geometric mean) on the given splits; write
     metrics.json, confusion matrices, curves."""
-    from feredge.train.data import subset
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,8 @@ from keras import layers
 
 from feredge.edge.preprocess import LABELS
 
+# onnx is imported where a shipped ONNX file is rebuilt as a Keras network (the `export` extra).
+
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("custom_cnn", "separable_cnn", "resnet50v2", "vgg16")

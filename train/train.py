@@ -14,12 +14,19 @@ import json
 import logging
 import math
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
+import tomllib
 
 from feredge.edge.preprocess import LABELS, preprocess_faces, resize_face
+from feredge.train import ferplus
+from feredge.train.data import default_data_path, load_fer2013, subset
+from feredge.train.evaluate import evaluate_and_report
+
+# Keras, TensorFlow and the Keras-level modules (feredge.train.models, augment, distill) are imported
+# inside the functions that use them: heavy, so load_config, the targets and the data path stay usable
+# (and the tests fast) without loading them.
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -150,7 +157,6 @@ def class_weights(targets: np.ndarray, mode: str) -> np.ndarray:
 
 def training_targets(split, cfg: dict):
     """(kept image indices, (N, 7) float32 targets) per cfg["targets"]: see DEFAULTS."""
-    from feredge.train import ferplus
 
     onehot = np.eye(len(LABELS), dtype=np.float32)[split.y]
     keep = np.ones(len(split), bool)
@@ -248,8 +254,6 @@ def ferplus_val_callback(model, val_x, val_votes, batch_size: int):
     val_accuracy, FER-2013's labels) to each epoch's logs, for selection and history.csv. `model` is the
     inference model: the one fit() trains may wrap it (a distiller's output also holds the teacher's)."""
     import keras
-
-    from feredge.train import ferplus
 
     truth = ferplus.majority(val_votes)
     scored = truth >= 0
@@ -388,8 +392,6 @@ def _train(cfg: dict, run_dir: Path, data, run_seed: int) -> dict:
     import keras
 
     from feredge.train import models
-    from feredge.train.data import default_data_path, load_fer2013, subset
-    from feredge.train.evaluate import evaluate_and_report
 
     log.info("Keras %s, backend %s, precision %s", keras.__version__, keras.backend.backend(), cfg["precision"])
 

@@ -1,6 +1,8 @@
 """`feredge` command line: detect | train | evaluate | calibrate | export | bench | ui.
 
-Each subcommand imports only what it needs, so `feredge detect` never loads TensorFlow.
+The edge runtime (the default install) is imported here; training, export, benchmarks and the Gradio
+page belong to optional extras and pull Keras, TensorFlow or Gradio, so each subcommand imports its
+own inside its function, and `feredge detect` never loads them.
 Known bad input ends in one line on stderr and a non-zero exit, never a traceback.
 """
 
@@ -12,13 +14,15 @@ import logging
 import sys
 from pathlib import Path
 
+from feredge.edge.classifier import ModelError
+from feredge.edge.detector import DEFAULT_SETTINGS, PI_PRESET, EmotionDetector, ImageError
+from feredge.edge.faces import FaceDetectorError
+from feredge.edge.loop import LoopOptions, SourceError, VideoLoop, run_images, source_kind
+
 EXIT_ERROR, EXIT_GATE = 2, 3
 
 
 def _detect(args):
-    from feredge.edge.detector import DEFAULT_SETTINGS, PI_PRESET, EmotionDetector
-    from feredge.edge.loop import LoopOptions, VideoLoop, run_images, source_kind
-
     for key, default in DEFAULT_SETTINGS.items():  # given on the command line > --pi > default
         if getattr(args, key) is None:
             setattr(args, key, PI_PRESET[key] if args.pi else default)
@@ -30,12 +34,13 @@ def _detect(args):
     kind = source_kind(args.source)
     if kind in ("image", "folder"):
         out = args.out or "detections"
-        results = run_images(detector, args.source, out)
+        results = run_images(detector, args.source, out, blur=args.blur_faces)
         print(f"annotated image(s) and JSON written to {out}/", file=sys.stderr)
         return 0 if any(r["faces"] for r in results) else 1
     opts = LoopOptions(show=args.show, kiosk=args.kiosk, video_out=args.video_out, events=args.events,
                        detect_every=args.detect_every, smooth=args.smooth, max_frames=args.max_frames,
-                       timeout_s=args.timeout, reconnect=args.reconnect, max_reconnects=args.max_reconnects)
+                       timeout_s=args.timeout, reconnect=args.reconnect, max_reconnects=args.max_reconnects,
+                       report_dir=args.report, summary_every_s=args.summary_every, blur_faces=args.blur_faces)
     summary = VideoLoop(detector, args.source, opts).run()
     print(json.dumps(summary))
     return 0
@@ -154,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("source", help="image file, folder of images, video file, camera index (0) or stream URL")
     d.add_argument("--model", help="a shipped model's name (e.g. custom_cnn), a model folder (with manifest.json) or a .tflite/.onnx file; default: custom_cnn")
     d.add_argument("--format", help="format from the manifest, e.g. tflite_int8 or onnx_int8 (default: best available)")
-    d.add_argument("--face-model", help=f"path to the YuNet face model (or set FEREDGE_FACE_MODEL)")
+    d.add_argument("--face-model", help="path to the YuNet face model (or set FEREDGE_FACE_MODEL)")
     d.add_argument("--no-download", action="store_true", help="never download the YuNet file")
     d.add_argument("--threads", type=int, help="inference threads (default: the runtime's)")
     d.add_argument("--min-face", type=int, default=24, help="smallest face side in pixels (default 24)")
@@ -164,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", help="image inputs: folder for annotated images + JSON (default: detections/)")
     d.add_argument("--video-out", help="write the annotated video here (.mp4)")
     d.add_argument("--events", help="append JSON-lines events (time, face id, box, probabilities) here")
+    d.add_argument("--report", metavar="DIR", help="videos, cameras, streams: write events.csv/.jsonl, people.csv, "
+                                                   "summary.json and timeline.png here")
+    d.add_argument("--summary-every", type=float, default=10.0, metavar="S",
+                   help="rewrite the report's summary (and the MQTT summary) every S seconds (default 10)")
+    d.add_argument("--blur-faces", action="store_true", help="blur every face in saved images and videos")
     d.add_argument("--show", action="store_true", help="live window (falls back to headless without a display)")
     d.add_argument("--kiosk", action="store_true", help="fullscreen, large labels, reconnect, run until stopped")
     d.add_argument("--detect-every", type=int, help="run face detection every N frames, tracks in between (default 1)")
@@ -242,11 +252,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def known_errors() -> tuple:
-    from feredge.edge.classifier import ModelError
-    from feredge.edge.detector import ImageError
-    from feredge.edge.faces import FaceDetectorError
-    from feredge.edge.loop import SourceError
-
     errors = [ModelError, ImageError, FaceDetectorError, SourceError, FileNotFoundError]
     for mod, names in (("feredge.train.data", ("DataError",)), ("feredge.train.ferplus", ("VotesError",)),
                        ("feredge.export.export", ("ExportError",))):

@@ -21,6 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from feredge.train.train import best_so_far
+
+# Keras and the Keras networks (feredge.train.models) are imported where used: heavy.
+
 PART_BYTES = 15 * 2**20
 
 
@@ -42,7 +46,6 @@ def split(run_dir: Path, out_dir: Path, part_bytes: int = PART_BYTES) -> list[Pa
 
 def best(out_dir: Path, run_dirs: list[Path]) -> list[Path]:
     """Split the run whose best.keras scored highest on PublicTest (its history.csv) of those that saved one."""
-    from feredge.train.train import best_so_far
 
     scores = {r: best_so_far(r / "history.csv") for r in run_dirs if (r / "best.keras").exists()}
     for r in run_dirs:
