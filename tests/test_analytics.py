@@ -212,7 +212,7 @@ def test_progress_bar_on_request_and_a_one_line_summary_off_a_terminal(tmp_path,
 
     video = make_video(tmp_path / "clip.mp4", frames=20)
     VideoLoop(detector, str(video), LoopOptions(progress=True)).run()
-X
+    assert "/20 [" in capsys.readouterr().err  # tqdm's bar, with the frame count known
     r = detect(video, yunet=yunet)
     assert r.returncode == 0 and "/20 [" not in r.stderr  # stdout is a pipe: no bar...
     assert len(r.stdout.strip().splitlines()) == 1 and json.loads(r.stdout)["frames_in"] == 20  # ...one summary line
