@@ -68,47 +68,41 @@ class Track:
                 "share": {k: round(v / self.seconds, 4) if self.seconds > 0 else 0.0 for k, v in self.label_seconds.items()}}
 
 
-class RunReport:
-    """Writes the report of one run into out_dir; `add` per frame, `close` at the end."""
+def face_row(frame: int, t: float, face, detected: bool, wall: float | None) -> dict:
+    """One face on one frame, as events.csv, events.jsonl and MQTT carry it."""
+    wall_time = datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds") if wall else ""
+    return {"frame": frame, "time_s": round(t, 4), "wall_time": wall_time, "track_id": face.track_id,
+            "x": face.box[0], "y": face.box[1], "w": face.box[2], "h": face.box[3],
+            **{k: round(face.probabilities[k], 4) for k in LABELS}, "label": face.label, "detected": detected}
 
-    def __init__(self, out_dir, live: bool, source: str, summary_every_s: float = 10.0):
-        self.dir = Path(out_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.live, self.source, self.summary_every_s = live, source, summary_every_s
-        self.csv_file = open(self.dir / "events.csv", "w", newline="")
-        self.csv = csv.DictWriter(self.csv_file, EVENT_FIELDS)
-        self.csv.writeheader()
-        self.jsonl = open(self.dir / "events.jsonl", "w", buffering=1)
+
+class PeopleTally:
+    """Per-person and whole-run figures from the frames seen so far (see the module's docstring)."""
+
+    def __init__(self, source: str, live: bool):
+        self.source, self.live = source, live
         self.tracks: dict[int, Track] = {}
         self.pending = None  # the last frame, held until the next one gives its duration
         self.durations = deque(maxlen=1000)
         self.frames = 0
         self.first_t = self.last_t = None
-        self.last_summary_t = None
-        self.closed = False
 
-    def add(self, frame: int, t: float, faces, detected: bool, wall: float | None = None):
-        """One analysed frame at time t (media seconds, or seconds since start when live)."""
+    def add(self, t: float, faces):
         self.frames += 1
         self.first_t = t if self.first_t is None else self.first_t
         self.last_t = t
-        wall_time = datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds") if wall else ""
-        for face in faces:
-            row = {"frame": frame, "time_s": round(t, 4), "wall_time": wall_time, "track_id": face.track_id,
-                   "x": face.box[0], "y": face.box[1], "w": face.box[2], "h": face.box[3],
-                   **{k: round(face.probabilities[k], 4) for k in LABELS}, "label": face.label, "detected": detected}
-            self.csv.writerow(row)
-            self.jsonl.write(json.dumps(row) + "\n")
-        self.csv_file.flush()
         if self.pending is not None:
-            self._account(*self.pending, duration=min(max(t - self.pending[0], 0.0), MAX_FRAME_GAP_S))
-            self.durations.append(max(t - self.pending[0], 0.0))
+            gap = max(t - self.pending[0], 0.0)
+            self._account(*self.pending, duration=min(gap, MAX_FRAME_GAP_S))
+            self.durations.append(gap)
         self.pending = (t, [(face.track_id, np.array([face.probabilities[k] for k in LABELS])) for face in faces])
-        if self.last_summary_t is None:
-            self.last_summary_t = t
-        elif t - self.last_summary_t >= self.summary_every_s:
-            self.write_summary()
-            self.last_summary_t = t
+
+    def finish(self):
+        """Account the last frame, with the median frame duration."""
+        if self.pending is not None:
+            typical = statistics.median(self.durations) if self.durations else 0.0
+            self._account(*self.pending, duration=min(typical, MAX_FRAME_GAP_S))
+            self.pending = None
 
     def _account(self, t: float, faces, duration: float):
         for track_id, probs in faces:
@@ -129,8 +123,38 @@ class RunReport:
                 "duration_s": round((self.last_t or 0.0) - (self.first_t or 0.0), 3),
                 "face_seconds": overall.pop("seconds_visible"), "overall": overall, "per_person": people}
 
+
+class RunReport:
+    """Writes the report of one run into out_dir; `add` per frame, `close` at the end."""
+
+    def __init__(self, out_dir, live: bool, source: str, summary_every_s: float = 10.0):
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.live, self.summary_every_s = live, summary_every_s
+        self.tally = PeopleTally(source, live)
+        self.csv_file = open(self.dir / "events.csv", "w", newline="")
+        self.csv = csv.DictWriter(self.csv_file, EVENT_FIELDS)
+        self.csv.writeheader()
+        self.jsonl = open(self.dir / "events.jsonl", "w", buffering=1)
+        self.last_summary_t = None
+        self.closed = False
+
+    def add(self, frame: int, t: float, faces, detected: bool, wall: float | None = None):
+        """One analysed frame at time t (media seconds, or seconds since start when live)."""
+        for face in faces:
+            row = face_row(frame, t, face, detected, wall)
+            self.csv.writerow(row)
+            self.jsonl.write(json.dumps(row) + "\n")
+        self.csv_file.flush()
+        self.tally.add(t, faces)
+        if self.last_summary_t is None:
+            self.last_summary_t = t
+        elif t - self.last_summary_t >= self.summary_every_s:
+            self.write_summary()
+            self.last_summary_t = t
+
     def write_summary(self):
-        data = self.summary()
+        data = self.tally.summary()
         write_atomic(self.dir / "summary.json", json.dumps(data, indent=1) + "\n")
         rows = [{"track_id": k, **{f: v[f] for f in ("first_s", "last_s", "seconds_visible", "top_emotion")},
                  **{f"mean_{e}": v["mean"][e] for e in LABELS}, **{f"share_{e}": v["share"][e] for e in LABELS}}
@@ -145,19 +169,16 @@ class RunReport:
         os.replace(tmp, self.dir / "people.csv")
 
     def close(self) -> dict:
-        """Account the last frame, write the summary and the timeline; returns the summary."""
-        if self.closed:
-            return self.summary()
-        self.closed = True
-        if self.pending is not None:
-            typical = statistics.median(self.durations) if self.durations else 0.0
-            self._account(*self.pending, duration=min(typical, MAX_FRAME_GAP_S))
-            self.pending = None
-        self.csv_file.close()
-        self.jsonl.close()
-        self.write_summary()
-        plot_timeline(self.tracks, self.dir / "timeline.png", "seconds since start" if self.live else "media time (s)")
-        return self.summary()
+        """Account the last frame, write the summary and the timeline; returns what the run's summary line
+        says of it."""
+        if not self.closed:
+            self.closed = True
+            self.tally.finish()
+            self.csv_file.close()
+            self.jsonl.close()
+            self.write_summary()
+            plot_timeline(self.tally.tracks, self.dir / "timeline.png", "seconds since start" if self.live else "media time (s)")
+        return {"report": str(self.dir), "people": len(self.tally.tracks)}
 
 
 def write_atomic(path: Path, text: str):

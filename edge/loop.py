@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from feredge.edge.analytics import RunReport
 from feredge.edge.detector import ImageError, read_image
+from feredge.edge.mqtt import MqttSink
 from feredge.edge.overlay import blur_faces, draw_faces, draw_fps, draw_status
 from feredge.edge.tracking import FaceTracker
 
@@ -56,6 +57,7 @@ class LoopOptions:
     summary_every_s: float = 10.0  # how often the report's summary is rewritten
     blur_faces: bool = False       # blur every face in saved images and videos
     progress: bool | None = None   # a progress bar for video files; None: when stdout is a terminal
+    mqtt: object | None = None     # an edge.mqtt.MqttPublisher: events and summaries go to its broker
 
 
 def source_kind(source: str) -> str:
@@ -227,7 +229,12 @@ class VideoLoop:
         writer, writer_size, events = None, None, open(opt.events, "a", buffering=1) if opt.events else None
         self.events = events
         live = self.kind != "video"
-        report = RunReport(opt.report_dir, live, self.source, opt.summary_every_s) if opt.report_dir else None
+        sinks = []  # per-frame analytics: the report's files, MQTT
+        if opt.report_dir:
+            sinks.append(RunReport(opt.report_dir, live, self.source, opt.summary_every_s))
+        if opt.mqtt:
+            sinks.append(MqttSink(opt.mqtt, self.source, live, opt.summary_every_s))
+        results = {}
         frames_in = frames_out = faces_total = reconnects = bad_frames = 0
         times = deque(maxlen=30)  # recent frame times: FPS over a sliding window, constant memory
         fps, status, t_start, t0 = 0.0, "", time.time(), time.monotonic()
@@ -270,8 +277,8 @@ class VideoLoop:
                         for face in faces:
                             events.write(json.dumps({"t": round(now, 3), "time_s": round(media_s, 4), "event": "face",
                                                     "frame": frames_in - 1, **face.to_dict()}) + "\n")
-                    if report:
-                        report.add(frames_in - 1, media_s, faces, detected, wall=now if live else None)
+                    for sink in sinks:
+                        sink.add(frames_in - 1, media_s, faces, detected, wall=now if live else None)
                     if opt.blur_faces:
                         blur_faces(frame, faces)
                     annotated = draw_faces(frame, faces, scale=1.8 if opt.kiosk else 1.0)
@@ -288,10 +295,11 @@ class VideoLoop:
                         if cv2.waitKey(1) & 0xFF in (27, ord("q")):
                             break
         finally:
+            wall = time.time() - t_start  # the loop's own time, before the outputs' closing waits
             if bar is not None:
                 bar.close()
-            if report:
-                report.close()
+            for sink in sinks:
+                results.update(sink.close())
             if cap is not None:  # None when reconnecting gave up
                 cap.release()
             if writer:
@@ -300,9 +308,9 @@ class VideoLoop:
                 events.close()
             if self.window:
                 cv2.destroyAllWindows()
-        wall = time.time() - t_start
         return {"frames_in": frames_in, "frames_out": frames_out, "faces": faces_total, "reconnects": reconnects,
-                "bad_frames": bad_frames, "wall_s": round(wall, 2), "fps": round(frames_out / wall, 2) if wall > 0 else 0.0}
+                "bad_frames": bad_frames, "wall_s": round(wall, 2), "fps": round(frames_out / wall, 2) if wall > 0 else 0.0,
+                **results}
 
     def _progress_bar(self, cap):
         """tqdm over a video file's frames on a terminal; None for live sources or without a terminal."""

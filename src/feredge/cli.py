@@ -18,6 +18,7 @@ from feredge.edge.classifier import ModelError
 from feredge.edge.detector import DEFAULT_SETTINGS, PI_PRESET, EmotionDetector, ImageError
 from feredge.edge.faces import FaceDetectorError
 from feredge.edge.loop import LoopOptions, SourceError, VideoLoop, run_images, source_kind
+from feredge.edge.mqtt import QUEUE_SIZE, MqttError, MqttPublisher
 
 EXIT_ERROR, EXIT_GATE = 2, 3
 
@@ -40,7 +41,9 @@ def _detect(args):
     opts = LoopOptions(show=args.show, kiosk=args.kiosk, video_out=args.video_out, events=args.events,
                        detect_every=args.detect_every, smooth=args.smooth, max_frames=args.max_frames,
                        timeout_s=args.timeout, reconnect=args.reconnect, max_reconnects=args.max_reconnects,
-                       report_dir=args.report, summary_every_s=args.summary_every, blur_faces=args.blur_faces)
+                       report_dir=args.report, summary_every_s=args.summary_every, blur_faces=args.blur_faces,
+                       mqtt=MqttPublisher(args.mqtt, args.mqtt_user, args.mqtt_password, args.mqtt_tls, args.mqtt_ca,
+                                          args.mqtt_queue) if args.mqtt else None)
     summary = VideoLoop(detector, args.source, opts).run()
     print(json.dumps(summary))
     return 0
@@ -173,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "summary.json and timeline.png here")
     d.add_argument("--summary-every", type=float, default=10.0, metavar="S",
                    help="rewrite the report's summary (and the MQTT summary) every S seconds (default 10)")
+    d.add_argument("--mqtt", metavar="URL", help="publish events and per-person summaries to mqtt://HOST[:PORT]/TOPIC "
+                                                 "(mqtts:// for TLS; pip install \"feredge[mqtt]\")")
+    d.add_argument("--mqtt-user", help="MQTT username (or in the URL)")
+    d.add_argument("--mqtt-password", help="MQTT password (better: FEREDGE_MQTT_PASSWORD, kept out of the process list)")
+    d.add_argument("--mqtt-tls", action="store_true", help="TLS with the system's CAs (mqtts:// implies it)")
+    d.add_argument("--mqtt-ca", metavar="FILE", help="TLS with this CA certificate file")
+    d.add_argument("--mqtt-queue", type=int, default=QUEUE_SIZE,
+                   help=f"messages held while the broker is away; newer ones are dropped when full (default {QUEUE_SIZE})")
     d.add_argument("--blur-faces", action="store_true", help="blur every face in saved images and videos")
     d.add_argument("--show", action="store_true", help="live window (falls back to headless without a display)")
     d.add_argument("--kiosk", action="store_true", help="fullscreen, large labels, reconnect, run until stopped")
@@ -252,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def known_errors() -> tuple:
-    errors = [ModelError, ImageError, FaceDetectorError, SourceError, FileNotFoundError]
+    errors = [ModelError, ImageError, FaceDetectorError, SourceError, MqttError, FileNotFoundError]
     for mod, names in (("feredge.train.data", ("DataError",)), ("feredge.train.ferplus", ("VotesError",)),
                        ("feredge.export.export", ("ExportError",))):
         if mod in sys.modules:
