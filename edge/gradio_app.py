@@ -1,20 +1,25 @@
 """Optional Gradio front end (`pip install 'feredge[ui]'`, then `feredge ui`).
 
 Upload a photo or stream the webcam; see the annotated image and the probability bars of the
-largest face. Binds to 127.0.0.1 unless told otherwise. Uploads are checked before decoding (empty,
+largest face. Upload a video clip; get the annotated video, the timeline of each person's emotions,
+the people table and the per-face CSV (the same report as `feredge detect CLIP --report DIR`). Binds to 127.0.0.1 unless told otherwise. Uploads are checked before decoding (empty,
 not an image, too many pixels: a clear message, no memory blow-up) and requests wait in a bounded
 queue.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import os
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from feredge.edge.detector import EmotionDetector
+from feredge.edge.loop import LoopOptions, SourceError, VideoLoop
 from feredge.edge.overlay import draw_faces
 
 # Gradio and Pillow (the `ui` extra) are imported where the page is built.
@@ -22,6 +27,7 @@ from feredge.edge.overlay import draw_faces
 MAX_UPLOAD_PIXELS = 40_000_000  # 40 megapixels: a decoded 30,000 x 30,000 "decompression bomb" would need 2.7 GB
 MAX_UPLOAD_SIZE = "25mb"        # refused by Gradio before it reaches us
 CONCURRENT_REQUESTS, QUEUE_SIZE = 2, 32  # 2 cores; more waiting clients get Gradio's "queue full"
+MAX_VIDEO_FRAMES = 9_000  # 5 minutes at 30 fps: a clip's analysis stops there (said in the summary)
 
 
 class UploadError(Exception):
@@ -51,6 +57,35 @@ def load_upload(path) -> np.ndarray:
     return image
 
 
+def analyse_video_file(detector, path, work_dir) -> dict:
+    """Run the capture loop over an uploaded clip into work_dir: annotated.webm (VP8, which browsers play)
+    and report/ (events.csv, people.csv, summary.json, timeline.png). Raises UploadError for what it refuses."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise UploadError("the file is empty (0 bytes)")
+    work = Path(work_dir)
+    opts = LoopOptions(video_out=str(work / "annotated.webm"), report_dir=str(work / "report"),
+                       max_frames=MAX_VIDEO_FRAMES, progress=False)
+    try:
+        run = VideoLoop(detector, str(path), opts).run()
+    except SourceError:
+        raise UploadError("not a video this runtime can read: upload an MP4, MKV, AVI or WebM clip") from None
+    if run["frames_in"] == 0:
+        raise UploadError("the video has no readable frames")
+    with open(work / "report" / "people.csv", newline="") as f:
+        people = list(csv.reader(f))
+    return {"run": run, "video": work / "annotated.webm", "timeline": work / "report" / "timeline.png",
+            "people": people, "csv": work / "report" / "events.csv"}
+
+
+def video_summary(result) -> str:
+    s = json.loads((Path(result["csv"]).parent / "summary.json").read_text())
+    cut = " (stopped at the frame limit)" if result["run"]["frames_in"] >= MAX_VIDEO_FRAMES else ""
+    people = f"{s['people']} {'person' if s['people'] == 1 else 'people'}"
+    top = f"; top emotion overall: {s['overall']['top_emotion']}" if s["overall"]["top_emotion"] else "; no face found"
+    return f"{people}, {s['frames']} frames, {s['duration_s']:.1f} s{cut}{top}"
+
+
 def build_app(detector):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from an edge device
     import gradio as gr
@@ -76,8 +111,20 @@ def build_app(detector):
             return None, {}, "no image"
         return analyse_bgr(np.ascontiguousarray(rgb[:, :, ::-1]))
 
+    def analyse_video(path):
+        if path is None:
+            return None, None, None, None, "no video"
+        work = tempfile.mkdtemp(prefix="feredge-video-")  # Gradio serves the results from here
+        try:
+            result = analyse_video_file(detector, path, work)
+        except UploadError as e:
+            return None, None, None, None, f"refused: {e}"
+        table = gr.Dataframe(value=result["people"][1:], headers=result["people"][0]) if result["people"] else None
+        return str(result["video"]), str(result["timeline"]), table, str(result["csv"]), video_summary(result)
+
     with gr.Blocks(title="feredge: facial emotion") as app:
-        gr.Markdown("## Facial emotion detection\nUpload a photo or stream the webcam. Runs on the CPU; no TensorFlow.")
+        gr.Markdown("## Facial emotion detection\nUpload a photo or a video, or stream the webcam. Runs on the CPU; "
+                    "no TensorFlow.")
         with gr.Tab("photo"):
             with gr.Row():
                 # A file, not gr.Image: Gradio would decode an image upload before we can check it.
@@ -95,6 +142,16 @@ def build_app(detector):
                 cam_bars = gr.Label(label="emotions (largest face)", num_top_classes=7)
                 cam_text = gr.Textbox(label="faces")
             cam.stream(analyse_frame, cam, [cam_out, cam_bars, cam_text], stream_every=0.2)
+        with gr.Tab("video"):
+            with gr.Row():
+                vid_in = gr.File(label="video clip", file_types=["video"], type="filepath", elem_id="input-video")
+                vid_out = gr.Video(label="annotated", elem_id="annotated-video")
+            vid_text = gr.Textbox(label="summary", elem_id="video-summary")
+            timeline = gr.Image(label="emotions over time, per person", elem_id="timeline")
+            people = gr.Dataframe(label="people", elem_id="people")
+            events_csv = gr.File(label="events.csv (one row per face per frame)", elem_id="events-csv")
+            # One clip at a time: a clip keeps both cores busy for a while.
+            vid_in.change(analyse_video, vid_in, [vid_out, timeline, people, events_csv, vid_text], concurrency_limit=1)
     app.queue(default_concurrency_limit=CONCURRENT_REQUESTS, max_size=QUEUE_SIZE)
     return app
 

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from feredge.edge.tracking import FaceTracker
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+# Video codec per container: WebM needs VP8 (which browsers play); the rest take MPEG-4 Part 2.
+VIDEO_CODECS = {".webm": "VP80"}
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
 
 
@@ -148,7 +151,9 @@ class _Stopper:
         self.stop = False
 
     def __enter__(self):
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        # Signals reach the main thread only; elsewhere (a Gradio worker) the caller ends the run.
+        main = threading.current_thread() is threading.main_thread()
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         return self
 
     def _handle(self, *_):
@@ -364,7 +369,8 @@ class VideoLoop:
         fps = cap.get(cv2.CAP_PROP_FPS) or 0
         fps = fps if 1 <= fps <= 120 else 25.0
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
+        codec = VIDEO_CODECS.get(Path(path).suffix.lower(), "mp4v")
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*codec), fps, (frame.shape[1], frame.shape[0]))
         if not writer.isOpened():
             raise SourceError(f"cannot write video {path}")
         return writer

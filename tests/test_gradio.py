@@ -133,3 +133,50 @@ def test_the_ui_binds_to_loopback_unless_told_otherwise():
     from feredge.cli import build_parser
 
     assert build_parser().parse_args(["ui"]).host == "127.0.0.1"
+
+
+def upload_video(browser, url, path):
+    """Open the page, go to the video tab and pick the clip; returns (page, summary textbox)."""
+    page = browser.new_page()
+    page.goto(url, timeout=60_000)
+    page.get_by_role("tab", name="video").click()
+    with page.expect_file_chooser() as chooser:
+        page.locator("#input-video").get_by_text("Click to Upload").click()
+    chooser.value.set_files(str(path))
+    return page, page.locator("#video-summary textarea")
+
+
+@needs_browser
+def test_video_tab_gives_the_annotated_clip_timeline_people_and_csv(app_url, browser, tmp_path):
+    import csv as csv_module
+    import urllib.request
+
+    from feredge.benchmarks.synthetic import make_video
+
+    url, _ = app_url
+    clip = make_video(tmp_path / "clip.mp4", faces=1, frames=40)
+    page, summary = upload_video(browser, url, clip)
+    text = wait_for_summary(page, summary, "1 person")
+    assert text.startswith("1 person, 40 frames, 1.6 s; top emotion overall: ")
+    # The annotated video plays in the browser (VP8 WebM): it has a duration.
+    page.wait_for_function("() => { const v = document.querySelector('#annotated-video video');"
+                           " return v && v.readyState >= 1 && v.duration > 1; }", timeout=60_000)
+    page.wait_for_function("() => { const i = document.querySelector('#timeline img'); return i && i.naturalWidth > 500; }",
+                           timeout=30_000)
+    table = page.locator("#people").inner_text(timeout=10_000)
+    assert "seconds_visible" in table and text.split(": ")[-1] in table  # the person's top emotion is the clip's
+    link = page.locator("#events-csv a").first.get_attribute("href", timeout=10_000)
+    with urllib.request.urlopen(link if link.startswith("http") else url.rstrip("/") + link) as r:
+        rows = list(csv_module.DictReader(r.read().decode().splitlines()))
+    assert len(rows) == 40 and {"frame", "time_s", "track_id", "label"} <= set(rows[0])
+    page.close()
+
+
+@needs_browser
+def test_video_tab_refuses_a_file_that_is_not_a_video(app_url, browser, tmp_path):
+    url, _ = app_url
+    bad = tmp_path / "holiday.mp4"
+    bad.write_bytes(b"no video here" * 50)
+    page, summary = upload_video(browser, url, bad)
+    assert wait_for_summary(page, summary, "refused:").startswith("refused: not a video")
+    page.close()

@@ -75,6 +75,9 @@ def test_tflite_runtime_predicts_the_same_labels(tmp_path):
     r = pip(venv, "tflite-runtime")
     if r.returncode != 0:
         pytest.skip(f"no tflite-runtime wheel for this platform: {r.stderr.strip().splitlines()[-1][:200]}")
+    # The runtime imports OpenCV (face detection, preprocessing): a release built for NumPy 1.x and 2.x alike,
+    # as a Pi with tflite-runtime needs.
+    assert pip(venv, "opencv-python-headless<4.11").returncode == 0
     assert pip(venv, "--no-deps", str(REPO)).returncode == 0
 
     # tflite-runtime 2.14 is built for NumPy 1.x: with NumPy 2 the runtime says so in one line.
