@@ -21,7 +21,8 @@ from feredge.edge.classifier import FORMAT_PREFERENCE
 # Generated tables: marker name -> the result file shown verbatim (None: built here from the manifests).
 RESULT_FILES = {"summary": None, "models-table": None, "bench-table": None,
                 "pi-estimate": "pi/estimate.md", "soak": "soak/soak.md", "detection": "detection/detection.md",
-                "input-size": "input_size/resnet50v2.md", "choices": "choices/choices.md"}
+                "input-size": "input_size/resnet50v2.md", "choices": "choices/choices.md",
+                "report-cost": "report_cost/report_cost.md"}
 
 
 def markers(key: str) -> tuple[str, str]:

@@ -216,3 +216,11 @@ def test_progress_bar_on_request_and_a_one_line_summary_off_a_terminal(tmp_path,
     r = detect(video, yunet=yunet)
     assert r.returncode == 0 and "/20 [" not in r.stderr  # stdout is a pipe: no bar...
     assert len(r.stdout.strip().splitlines()) == 1 and json.loads(r.stdout)["frames_in"] == 20  # ...one summary line
+
+
+def test_the_report_cost_benchmark_runs_and_writes_its_table(tmp_path, yunet):
+    r = subprocess.run([sys.executable, "-m", "feredge.benchmarks.report_cost", "--face-model", str(yunet),
+                        "--frames", "20", "--rounds", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = (tmp_path / "report_cost.md").read_text()
+    assert "| without --report |" in text and "| with --report |" in text and "of the loop's speed" in text

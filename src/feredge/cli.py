@@ -19,6 +19,7 @@ from feredge.edge.detector import DEFAULT_SETTINGS, PI_PRESET, EmotionDetector, 
 from feredge.edge.faces import FaceDetectorError
 from feredge.edge.loop import LoopOptions, SourceError, VideoLoop, run_images, source_kind
 from feredge.edge.mqtt import QUEUE_SIZE, MqttError, MqttPublisher
+from feredge.edge.service import DEFAULT_DETECT, systemd_unit
 
 EXIT_ERROR, EXIT_GATE = 2, 3
 
@@ -153,6 +154,12 @@ def _ui(args):
     return 0
 
 
+def _systemd_unit(args):
+    detect_args = [a for a in args.detect_args if a != "--"] or None
+    print(systemd_unit(detect_args, user=args.user, face_model=args.face_model), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="feredge", description="Facial-emotion detection for Pi-class CPUs.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -259,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--port", type=int, default=7860)
     add_runtime_choices(u)
     u.set_defaults(func=_ui)
+
+    s = sub.add_parser("systemd-unit", help="print a systemd unit that runs a kiosk unattended (docs/kiosk.md)")
+    s.add_argument("--user", help="the user the kiosk runs as (default: you)")
+    s.add_argument("--face-model", help="the YuNet file the service uses (set as FEREDGE_FACE_MODEL)")
+    s.add_argument("detect_args", nargs=argparse.REMAINDER,
+                   help=f"after --: the detect command's source and options (default: {' '.join(DEFAULT_DETECT)})")
+    s.set_defaults(func=_systemd_unit)
     return p
 
 
