@@ -242,7 +242,7 @@ class VideoLoop:
         results = {}
         frames_in = frames_out = faces_total = reconnects = bad_frames = 0
         times = deque(maxlen=30)  # recent frame times: FPS over a sliding window, constant memory
-        fps, status, t_start, t0 = 0.0, "", time.time(), time.monotonic()
+        fps, status, t_start = 0.0, "", time.time()
         clock = MediaClock(cap, live)
         bar = self._progress_bar(cap)
         try:

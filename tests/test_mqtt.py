@@ -67,11 +67,15 @@ def broker(tmp_path):
 class Subscriber:
     """A persistent-session QoS 1 subscriber to TOPIC/#; it reconnects by itself."""
 
-    def __init__(self, port, topic):
+    def __init__(self, port, topic, ca=None, user=None, password=None):
         import paho.mqtt.client as paho
 
         self.messages, self.lock = [], threading.Lock()
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-subscriber", clean_session=False)
+        if ca:
+            self.client.tls_set(ca_certs=str(ca))
+        if user:
+            self.client.username_pw_set(user, password)
         self.client.on_connect = lambda c, u, f, r, p: c.subscribe(f"{topic}/#", qos=1)
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 1)
@@ -204,3 +208,48 @@ def test_a_bad_mqtt_url_is_one_line(tmp_path, yunet, url, message):
                         str(yunet), "--mqtt", url], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     assert len([line for line in r.stderr.splitlines() if line.startswith("feredge: error")]) == 1
+
+
+def make_certificates(folder):
+    """A CA and a server certificate for 127.0.0.1 signed by it (openssl)."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=feredge test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    return folder / "ca.crt"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("mosquitto_passwd") is None,
+                    reason="openssl or mosquitto_passwd not installed")
+def test_tls_with_a_password_delivers_and_a_wrong_password_is_a_warning(tmp_path, yunet):
+    ca = make_certificates(tmp_path)
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(tmp_path / "passwd"), "kiosk", "s3cret"], check=True, timeout=30)
+    (tmp_path / "passwd").chmod(0o644)
+    broker = Broker(tmp_path)
+    broker.conf.write_text(f"listener {broker.port} 127.0.0.1\nallow_anonymous false\npassword_file {tmp_path}/passwd\n"
+                           f"cafile {ca}\ncertfile {tmp_path}/server.crt\nkeyfile {tmp_path}/server.key\n"
+                           f"user {getpass.getuser()}\n")
+    broker.start()
+    try:
+        sub = Subscriber(broker.port, "secure", ca=ca, user="kiosk", password="s3cret")
+        video = make_video(tmp_path / "clip.mp4", faces=1, frames=10)
+        url = f"mqtts://127.0.0.1:{broker.port}/secure"
+        command = [sys.executable, "-m", "feredge.cli", "detect", str(video), "--face-model", str(yunet), "--mqtt", url,
+                   "--mqtt-ca", str(ca), "--mqtt-user", "kiosk"]
+        r = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "FEREDGE_MQTT_PASSWORD": "s3cret"})  # kept out of the process list
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["mqtt_sent"] == 11
+        messages = sub.wait_for_final()
+        assert seqs(messages) == list(range(1, 12))
+        wrong = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "FEREDGE_MQTT_PASSWORD": "wrong"})
+        assert wrong.returncode == 0 and json.loads(wrong.stdout)["frames_in"] == 10  # detection went on
+        assert "refused the connection" in wrong.stderr and "Traceback" not in wrong.stderr
+    finally:
+        broker.stop()
