@@ -12,8 +12,9 @@ import re
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 PYTHONS = ("3.11", "3.13")
 # pip matches --platform tags exactly: list every manylinux level a glibc 2.36 system accepts.

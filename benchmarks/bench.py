@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -32,8 +33,8 @@ from feredge.benchmarks.e2e import e2e_crops, e2e_metrics
 from feredge.benchmarks.peer import PEER_FORMAT, PEER_MODEL, FerPeer
 from feredge.benchmarks.synthetic import make_video
 from feredge.edge.classifier import (
-    EmotionClassifier,
     ModelError,
+    load_classifier,
     load_litert_interpreter,
     read_manifest,
 )
@@ -147,7 +148,7 @@ def classifier_factory(model: Path, fmt: str):
 
     if fmt == PEER_FORMAT:
         return lambda threads: FerPeer(model, threads=threads)
-    return lambda threads: EmotionClassifier(model, fmt=fmt, threads=threads)
+    return lambda threads: load_classifier(model, fmt=fmt, threads=threads)
 
 
 def random_pixels(clf, n: int) -> np.ndarray:
@@ -170,7 +171,7 @@ def interleaved_latency(jobs, threads, reps: int, rounds: int = 10) -> dict:
             for name, d, fmt in jobs:
                 clf = classifier_factory(d, fmt)(n)
                 one = random_pixels(clf, 1)
-                samples[(name, fmt)] += time_calls(lambda: clf.predict_pixels(one), max(1, reps // rounds), warmup=5)
+                samples[(name, fmt)] += time_calls(partial(clf.predict_pixels, one), max(1, reps // rounds), warmup=5)
                 del clf
         for k, s in samples.items():
             p50, p90 = percentiles(s)
@@ -185,7 +186,10 @@ def bench_format(name: str, model: Path, fmt: str, evalset, threads, reps: int, 
     load_ms = (time.perf_counter() - t) * 1000
     probs = predict_split(clf.predict_pixels, evalset.x, clf.input_size, clf.channels, tta=False)
     m = classification_metrics(evalset.y, probs.argmax(1))
-    row = {"model": name, "format": fmt, "size_kb": round(clf.path.stat().st_size / 1024, 1), "mmacs": multiply_adds(clf.path),
+    files = getattr(clf, "files", [clf.path])  # an ensemble: every member's file; the peer: its one file
+    macs = [multiply_adds(f) for f in files]
+    row = {"model": name, "format": fmt, "size_kb": round(sum(f.stat().st_size for f in files) / 1024, 1),
+           "mmacs": None if None in macs else round(sum(macs), 1),
            "load_ms": round(load_ms, 1), "accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4),
            **ferplus_columns(probs, evalset.votes)}
     if e2e_crops is not None:

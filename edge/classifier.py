@@ -2,6 +2,8 @@
 
 `EmotionClassifier(path)` takes a model folder (with manifest.json) or a single .tflite / .onnx file.
 With a manifest it reads labels and input spec from it and verifies the file's sha256.
+`EnsembleClassifier` runs a shipped ensemble (a manifest whose "kind" is "ensemble"); `load_classifier`
+returns whichever of the two a model folder or name holds.
 """
 
 from __future__ import annotations
@@ -59,11 +61,7 @@ def read_manifest(folder: Path) -> dict:
 def resolve_model(path, fmt: str | None = None):
     """(model file, manifest or None, format name or None) from a folder, a file path or the name of a
     shipped model (a folder under models/, e.g. "custom_cnn")."""
-    path = Path(path).expanduser()
-    if not path.exists() and str(path) in shipped_models():
-        path = MODELS_DIR / str(path)
-    if not path.exists():
-        raise ModelError(f"model not found: {path} (shipped models: {', '.join(shipped_models())})")
+    path = locate_model(path)
     if path.is_dir():
         manifest = read_manifest(path)
         formats = manifest.get("formats", {})
@@ -83,6 +81,16 @@ def resolve_model(path, fmt: str | None = None):
         if fmt is None:
             manifest = None  # a file the manifest doesn't list: use it as a bare model file
     return path, manifest, fmt
+
+
+def locate_model(path) -> Path:
+    """A model path as given, or the folder of the shipped model of that name."""
+    path = Path(path).expanduser()
+    if not path.exists() and str(path) in shipped_models():
+        path = MODELS_DIR / str(path)
+    if not path.exists():
+        raise ModelError(f"model not found: {path} (shipped models: {', '.join(shipped_models())})")
+    return path
 
 
 def shipped_models() -> list[str]:
@@ -190,8 +198,11 @@ class _OnnxRuntime:
 class EmotionClassifier:
     """Classify preprocessed faces. `predict_faces(list of grey crops)` -> (N, 7) probabilities."""
 
+    mirrored = False  # whether predictions already average in each face's mirror image
+
     def __init__(self, path, fmt: str | None = None, threads: int | None = None, verify: bool = True):
         self.path, self.manifest, self.format = resolve_model(path, fmt)
+        self.files = [self.path]
         if self.manifest and verify:
             entry = self.manifest["formats"][self.format]
             digest = sha256_of(self.path)
@@ -250,3 +261,93 @@ def with_prior(probs: np.ndarray, train_prior: np.ndarray, prior: str) -> np.nda
         raise ModelError(f"prior must be one of {', '.join(PRIORS)}, got '{prior}'")
     adjusted = probs / train_prior
     return adjusted / np.maximum(adjusted.sum(axis=1, keepdims=True), 1e-12)
+
+
+def geometric_mean(probs: list) -> np.ndarray:
+    """An ensemble's probabilities: the normalised geometric mean of its members' (a member sure that a
+    class is wrong vetoes it, which an arithmetic mean would not)."""
+    if len(probs) == 1:
+        return probs[0]
+    log_mean = np.mean([np.log(p + 1e-7) for p in probs], axis=0)
+    e = np.exp(log_mean - log_mean.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _format_runs_here(fmt: str) -> bool:
+    return _backend_available(".onnx" if fmt.startswith("onnx") else ".tflite")
+
+
+class EnsembleClassifier:
+    """A shipped ensemble: a folder whose manifest has "kind": "ensemble", names its members (shipped
+    model folders beside it, or under the package's models/) with the sha256 of each member's file per
+    format, and how they combine: the normalised geometric mean of the members' probabilities, over
+    each face and, when "mirror" is set, its mirror image. A member that is missing or whose file fails
+    its hash is a one-line ModelError naming it. Same interface as EmotionClassifier; its input size is
+    the smallest member's (FER-2013's 48 x 48 faces reach every member as they would on their own)."""
+
+    def __init__(self, folder, fmt: str | None = None, threads: int | None = None, mirror: bool | None = None):
+        self.path = Path(folder)
+        self.manifest = read_manifest(self.path)
+        name = self.manifest.get("name", self.path.name)
+        formats = self.manifest.get("formats", {})
+        if fmt is None:
+            fmt = next((f for f in FORMAT_PREFERENCE if f in formats and _format_runs_here(f)), None)
+            if fmt is None:
+                raise ModelError(f"ensemble '{name}': no format an installed runtime can run (has: {', '.join(formats) or 'none'})")
+        elif fmt not in formats:
+            raise ModelError(f"ensemble '{name}': format '{fmt}' not in its manifest (has: {', '.join(formats) or 'none'})")
+        self.format = fmt
+        combine = self.manifest.get("combine", {})
+        if combine.get("rule", "geometric_mean") != "geometric_mean":
+            raise ModelError(f"ensemble '{name}': unknown combine rule '{combine.get('rule')}'")
+        self.mirrored = bool(combine.get("mirror", False)) if mirror is None else mirror
+        self.labels = tuple(self.manifest["labels"])
+        self.crop = self.manifest.get("input", {}).get("crop")
+        self.members = [self._load_member(name, m, fmt, threads) for m in self.manifest.get("members", [])]
+        if not self.members:
+            raise ModelError(f"ensemble '{name}' names no members")
+        self.files = [f for m in self.members for f in m.files]
+        self.input_size, self.channels = min(m.input_size for m in self.members), 1
+
+    def _load_member(self, ensemble: str, member: dict, fmt: str, threads):
+        folder = next((d for d in (self.path.parent / member["model"], MODELS_DIR / member["model"])
+                       if (d / MANIFEST).is_file()), None)
+        if folder is None:
+            raise ModelError(f"ensemble '{ensemble}': member '{member['model']}' not found (looked in {self.path.parent} and {MODELS_DIR})")
+        entry = read_manifest(folder).get("formats", {}).get(fmt)
+        expected = member.get("sha256", {}).get(fmt)
+        if entry is None or expected is None:
+            raise ModelError(f"ensemble '{ensemble}': member '{member['model']}' has no {fmt} file")
+        digest = sha256_of(folder / entry["file"]) if (folder / entry["file"]).is_file() else "missing"
+        if digest != expected:
+            raise ModelError(f"ensemble '{ensemble}': member '{member['model']}' {entry['file']} fails its sha256 check "
+                             f"({digest[:12]}..., the ensemble was measured with {expected[:12]}...)")
+        clf = EmotionClassifier(folder, fmt=fmt, threads=threads, verify=False)
+        if clf.labels != self.labels:
+            raise ModelError(f"ensemble '{ensemble}': member '{member['model']}' has labels {clf.labels}, not {self.labels}")
+        return clf
+
+    @property
+    def train_prior(self) -> np.ndarray:
+        """The members' priors combined as their probabilities are, so that the balanced prior divides
+        each member's probabilities by its own prior."""
+        return geometric_mean([m.train_prior[None, :] for m in self.members])[0]
+
+    def predict_faces(self, faces) -> np.ndarray:
+        if len(faces) == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        views = [faces, [np.ascontiguousarray(np.asarray(f)[:, ::-1]) for f in faces]] if self.mirrored else [faces]
+        return geometric_mean([m.predict_faces(v) for m in self.members for v in views]).astype(np.float32)
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 (N, size, size, 1) pixels 0..255 -> probabilities: each member resizes them to its own input."""
+        return self.predict_faces(list(np.asarray(pixels)[..., 0]))
+
+
+def load_classifier(model, fmt: str | None = None, threads: int | None = None):
+    """The classifier a model folder, file or shipped name holds: an EnsembleClassifier for an ensemble's
+    folder, else an EmotionClassifier."""
+    path = locate_model(model)
+    if path.is_dir() and (path / MANIFEST).is_file() and read_manifest(path).get("kind") == "ensemble":
+        return EnsembleClassifier(path, fmt=fmt, threads=threads)
+    return EmotionClassifier(path, fmt=fmt, threads=threads)

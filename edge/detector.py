@@ -17,8 +17,8 @@ import numpy as np
 from feredge.edge.classifier import (
     MODELS_DIR,
     PRIORS,
-    EmotionClassifier,
     ModelError,
+    load_classifier,
     with_prior,
 )
 from feredge.edge.faces import FaceDetector
@@ -85,7 +85,7 @@ class EmotionDetector:
         if not 0.0 <= min_confidence <= 1.0:
             raise ModelError(f"min_confidence must be between 0 and 1, got {min_confidence}")
         self.tta, self.prior, self.min_confidence = tta, prior, min_confidence
-        self.classifier = EmotionClassifier(model or default_model_dir(), fmt=fmt, threads=threads)
+        self.classifier = load_classifier(model or default_model_dir(), fmt=fmt, threads=threads)
         if threads:  # YuNet runs on OpenCV's own (process-wide) thread pool
             cv2.setNumThreads(threads)
         self.faces = FaceDetector(face_model, score_threshold=face_score, min_face=min_face,
@@ -110,7 +110,7 @@ class EmotionDetector:
     def classify_crops(self, crops) -> np.ndarray:
         """Probabilities for grey face crops, with the detector's tta and prior."""
         probs = self.classifier.predict_faces(crops)
-        if self.tta and len(crops):
+        if self.tta and len(crops) and not self.classifier.mirrored:  # an ensemble may mirror already
             probs = (probs + self.classifier.predict_faces([np.ascontiguousarray(c[:, ::-1]) for c in crops])) / 2
         return with_prior(probs, self.classifier.train_prior, self.prior)
 

@@ -1,5 +1,7 @@
 """The shipped models (every folder under models/ with a manifest): files and checksums as the manifest
-says, accuracy as the gate measured, a benchmark row; and the README's first command on the default."""
+says, accuracy as the gate measured, a benchmark row; and the README's first command on the default.
+Ensembles (a manifest of members, no files of their own) are checked in test_ensemble.py; their
+accuracy reproduces here like every model's."""
 
 import json
 import subprocess
@@ -9,15 +11,15 @@ import numpy as np
 import pytest
 
 from conftest import REPO, real_data_path
-from feredge.edge.classifier import EmotionClassifier, sha256_of
+from feredge.edge.classifier import load_classifier, sha256_of
 from feredge.edge.detector import default_model_dir
 from feredge.edge.preprocess import DEFAULT_CROP
 from feredge.export.export import CALIBRATED_FORMATS
 
 SHIPPED = REPO / "models" / "custom_cnn"  # the default model
-SHIPPED_MODELS = sorted(p.parent for p in (REPO / "models").glob("*/manifest.json"))
-SHIPPED_FORMATS = [(d, fmt) for d in SHIPPED_MODELS
-                   for fmt in sorted(json.loads((d / "manifest.json").read_text())["formats"])]
+MANIFESTS = {p.parent: json.loads(p.read_text()) for p in sorted((REPO / "models").glob("*/manifest.json"))}
+SHIPPED_MODELS = [d for d, m in MANIFESTS.items() if m.get("kind") != "ensemble"]
+SHIPPED_FORMATS = [(d, fmt) for d, m in MANIFESTS.items() for fmt in sorted(m["formats"])]
 
 
 def test_default_is_the_custom_cnn():
@@ -51,7 +53,7 @@ def test_shipped_accuracy_reproduces_through_the_edge_runtime(shipped, fmt):
 
     test = load_fer2013(path)["test"]
     m = json.loads((shipped / "manifest.json").read_text())["formats"][fmt]
-    clf = EmotionClassifier(shipped, fmt=fmt)
+    clf = load_classifier(shipped, fmt=fmt)
     pred = predict_split(clf.predict_pixels, test.x, clf.input_size, clf.channels, tta=False).argmax(1)
     acc = classification_metrics(test.y, pred)["accuracy"]
     assert acc == pytest.approx(m["accuracy"], abs=0.002)  # same figure as the gate saw (±7 images)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feredge.edge.classifier import EmotionClassifier
+from feredge.edge.classifier import EmotionClassifier, geometric_mean
 from feredge.edge.preprocess import LABELS, preprocess_faces
 from feredge.train import ferplus
 from feredge.train.data import subset
@@ -172,16 +172,6 @@ def predictor(model_path: Path):
 def model_paths(spec) -> list[str]:
     """Several models named at once, separated by commas, act as one ensemble."""
     return [p.strip() for p in str(spec).split(",") if p.strip()]
-
-
-def geometric_mean(probs: list) -> np.ndarray:
-    """An ensemble's probabilities: the normalised geometric mean of its members' (a member sure that a
-    class is wrong vetoes it, which an arithmetic mean would not)."""
-    if len(probs) == 1:
-        return probs[0]
-    log_mean = np.mean([np.log(p + 1e-7) for p in probs], axis=0)
-    e = np.exp(log_mean - log_mean.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def predict_split(predict_fn, x_gray, size, channels, tta: bool, batch: int = 512):

@@ -132,6 +132,12 @@ def _export(args):
     return 0
 
 
+def _ensemble(args):
+    from feredge.export.ensemble import main as ensemble_main
+
+    return ensemble_main(args)
+
+
 def _rescore(args):
     from feredge.export.export import rescore_manifest
 
@@ -247,6 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--max-drop-int8", type=float, default=1.0)
     x.add_argument("--min-agreement-int8", type=float, default=97.0)
     x.set_defaults(func=_export)
+
+    n = sub.add_parser("ensemble", help="combine shipped models into a gated ensemble (e.g. models/accurate)")
+    n.add_argument("members", nargs="+", help="shipped model names or folders (beside --out)")
+    n.add_argument("--out", required=True, help="the ensemble's folder, e.g. models/accurate")
+    n.add_argument("--mirror", choices=("auto", "on", "off"), default="auto",
+                   help="average in each face's mirror image: auto = where it raises PublicTest accuracy")
+    n.add_argument("--formats", default="tflite_int8,onnx_int8")
+    n.add_argument("--data")
+    n.add_argument("--quick", type=int, default=0, help="score on a fixed stratified subset of N images")
+    n.add_argument("--max-drop", type=float, default=0.5, help="points the int8 ensemble may lose to its float members")
+    n.set_defaults(func=_ensemble)
 
     r = sub.add_parser("rescore", help="add newer figures (FER+ majority, balanced accuracy, ECE) to a model "
                                        "folder's manifest, through the edge runtime; files and gate unchanged")
