@@ -1,7 +1,7 @@
 """Optional Gradio front end (`pip install 'feredge[ui]'`, then `feredge ui`).
 
-Upload a photo or stream the webcam; see the annotated image and the probability bars of the
-largest face. Upload a video clip; get the annotated video, the timeline of each person's emotions,
+Pick a model (the shipped ones, or the one `feredge ui --model` names), upload a photo or stream the
+webcam; see the annotated image and the probability bars of the largest face. Upload a video clip; get the annotated video, the timeline of each person's emotions,
 the people table and the per-face CSV (the same report as `feredge detect CLIP --report DIR`). Binds to 127.0.0.1 unless told otherwise. Uploads are checked before decoding (empty,
 not an image, too many pixels: a clear message, no memory blow-up) and requests wait in a bounded
 queue.
@@ -18,7 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from feredge.edge.detector import EmotionDetector
+from feredge.edge.classifier import ModelError, shipped_models
+from feredge.edge.detector import DEFAULT_MODEL, EmotionDetector
 from feredge.edge.loop import LoopOptions, SourceError, VideoLoop
 from feredge.edge.overlay import draw_faces
 
@@ -86,37 +87,64 @@ def video_summary(result) -> str:
     return f"{people}, {s['frames']} frames, {s['duration_s']:.1f} s{cut}{top}"
 
 
-def build_app(detector):
+class Detectors:
+    """The detectors the page offers, by model name: the first one given, the others built on first use
+    with the same settings (make_detector(name)) and kept; a model that fails to load is said in one line."""
+
+    def __init__(self, name: str, detector, make_detector=None):
+        self.loaded = {name: detector}
+        self.make_detector = make_detector
+        self.names = [name, *(m for m in shipped_models() if m != name)] if make_detector else [name]
+
+    def get(self, name):
+        if name not in self.loaded:
+            if name not in self.names:
+                raise UploadError(f"unknown model '{name}'")
+            try:
+                self.loaded[name] = self.make_detector(name)
+            except ModelError as e:
+                raise UploadError(f"model {name} can't be used: {e}") from None
+        return self.loaded[name]
+
+
+def build_app(detector, model_name: str = DEFAULT_MODEL, make_detector=None):
+    """The page around detector (shown as model_name); make_detector(name) -> EmotionDetector lets the
+    page offer every shipped model too."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from an edge device
     import gradio as gr
 
-    def analyse_bgr(bgr):
-        faces = detector.predict(bgr)
+    detectors = Detectors(model_name, detector, make_detector)
+
+    def analyse_bgr(bgr, model):
+        faces = detectors.get(model).predict(bgr)
         annotated = draw_faces(bgr.copy(), faces)[:, :, ::-1]
         if not faces:
             return annotated, {}, "no face found"
         summary = ", ".join(f"face {i + 1}: {f.label}" for i, f in enumerate(faces))
         return annotated, faces[0].probabilities, summary
 
-    def analyse_upload(path):
+    def analyse_upload(path, model):
         if path is None:
             return None, {}, "no image"
         try:
-            return analyse_bgr(load_upload(path))
+            return analyse_bgr(load_upload(path), model)
         except UploadError as e:
             return None, {}, f"refused: {e}"
 
-    def analyse_frame(rgb):
+    def analyse_frame(rgb, model):
         if rgb is None:
             return None, {}, "no image"
-        return analyse_bgr(np.ascontiguousarray(rgb[:, :, ::-1]))
+        try:
+            return analyse_bgr(np.ascontiguousarray(rgb[:, :, ::-1]), model)
+        except UploadError as e:
+            return None, {}, f"refused: {e}"
 
-    def analyse_video(path):
+    def analyse_video(path, model):
         if path is None:
             return None, None, None, None, "no video"
         work = tempfile.mkdtemp(prefix="feredge-video-")  # Gradio serves the results from here
         try:
-            result = analyse_video_file(detector, path, work)
+            result = analyse_video_file(detectors.get(model), path, work)
         except UploadError as e:
             return None, None, None, None, f"refused: {e}"
         table = gr.Dataframe(value=result["people"][1:], headers=result["people"][0]) if result["people"] else None
@@ -125,6 +153,8 @@ def build_app(detector):
     with gr.Blocks(title="feredge: facial emotion") as app:
         gr.Markdown("## Facial emotion detection\nUpload a photo or a video, or stream the webcam. Runs on the CPU; "
                     "no TensorFlow.")
+        model = gr.Dropdown(choices=detectors.names, value=model_name, label="model", elem_id="model",
+                            interactive=len(detectors.names) > 1)
         with gr.Tab("photo"):
             with gr.Row():
                 # A file, not gr.Image: Gradio would decode an image upload before we can check it.
@@ -133,7 +163,7 @@ def build_app(detector):
             with gr.Row():
                 bars = gr.Label(label="emotions (largest face)", num_top_classes=7, elem_id="emotions")
                 text = gr.Textbox(label="faces", elem_id="summary")
-            inp.change(analyse_upload, inp, [out, bars, text])
+            inp.change(analyse_upload, [inp, model], [out, bars, text])
         with gr.Tab("live webcam"):
             with gr.Row():
                 cam = gr.Image(label="webcam", sources=["webcam"], streaming=True, type="numpy")
@@ -141,7 +171,7 @@ def build_app(detector):
             with gr.Row():
                 cam_bars = gr.Label(label="emotions (largest face)", num_top_classes=7)
                 cam_text = gr.Textbox(label="faces")
-            cam.stream(analyse_frame, cam, [cam_out, cam_bars, cam_text], stream_every=0.2)
+            cam.stream(analyse_frame, [cam, model], [cam_out, cam_bars, cam_text], stream_every=0.2)
         with gr.Tab("video"):
             with gr.Row():
                 vid_in = gr.File(label="video clip", file_types=["video"], type="filepath", elem_id="input-video")
@@ -151,7 +181,7 @@ def build_app(detector):
             people = gr.Dataframe(label="people", elem_id="people")
             events_csv = gr.File(label="events.csv (one row per face per frame)", elem_id="events-csv")
             # One clip at a time: a clip keeps both cores busy for a while.
-            vid_in.change(analyse_video, vid_in, [vid_out, timeline, people, events_csv, vid_text], concurrency_limit=1)
+            vid_in.change(analyse_video, [vid_in, model], [vid_out, timeline, people, events_csv, vid_text], concurrency_limit=1)
     app.queue(default_concurrency_limit=CONCURRENT_REQUESTS, max_size=QUEUE_SIZE)
     return app
 
@@ -163,5 +193,7 @@ def launch(model=None, face_model=None, host: str = "127.0.0.1", port: int = 786
     except ImportError:
         raise SystemExit("feredge: error: the UI needs Gradio: pip install 'feredge[ui]'") from None
 
-    detector = EmotionDetector(model, face_model=face_model, **choices)
-    build_app(detector).launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD_SIZE)
+    def make_detector(name):
+        return EmotionDetector(name, face_model=face_model, **choices)
+
+    build_app(make_detector(model or DEFAULT_MODEL), str(model or DEFAULT_MODEL), make_detector).launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD_SIZE)

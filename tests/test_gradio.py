@@ -44,7 +44,7 @@ def app_url(tiny_models, yunet):
 
     detector = EmotionDetector(tiny_models, face_model=yunet)
     port = free_port()
-    app = build_app(detector)
+    app = build_app(detector, "tiny", lambda name: EmotionDetector(name, face_model=yunet))
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/", detector.predict(str(SAMPLE))[0].label
     app.close()
@@ -63,10 +63,14 @@ def browser():
         b.close()
 
 
-def upload(browser, url, path):
-    """Open the page and pick the file, as a person does; returns (page, summary textbox)."""
+def upload(browser, url, path, model=None):
+    """Open the page, choose the model if given, and pick the file, as a person does; returns (page,
+    summary textbox)."""
     page = browser.new_page()
     page.goto(url, timeout=60_000)
+    if model:
+        page.locator("#model input").click()
+        page.get_by_role("option", name=model, exact=True).click()
     with page.expect_file_chooser() as chooser:
         page.get_by_text("Click to Upload").first.click()
     chooser.value.set_files(str(path))
@@ -84,6 +88,19 @@ def test_upload_in_the_browser_shows_the_predicted_label(app_url, browser):
     page, summary = upload(browser, url, SAMPLE)
     assert wait_for_summary(page, summary, "face 1:") == f"face 1: {expected}"
     assert expected in page.locator("#emotions").inner_text(timeout=10_000)  # the bars agree
+    page.close()
+
+
+@needs_browser
+def test_the_page_offers_every_shipped_model(app_url, browser, yunet):
+    from feredge.edge.detector import EmotionDetector
+
+    url, _ = app_url
+    face = EmotionDetector("accurate", face_model=yunet).predict(str(SAMPLE))[0]
+    page, summary = upload(browser, url, SAMPLE, model="accurate")
+    assert wait_for_summary(page, summary, "face 1:") == f"face 1: {face.label}"
+    # The bars show the ensemble's own probability for its top emotion, as Gradio rounds it.
+    assert f"{round(100 * face.probabilities[face.label])}%" in page.locator("#emotions").inner_text(timeout=10_000)
     page.close()
 
 
