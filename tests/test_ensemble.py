@@ -169,3 +169,27 @@ def test_the_builder_wants_members_where_the_ensemble_will_find_them(tmp_path, t
 
     with pytest.raises(ExportError, match="must sit beside"):
         build_ensemble([tiny_models, "custom_cnn"], tmp_path / "elsewhere" / "ens", data=mini_data)
+
+
+def test_a_member_shipped_in_int8_only_is_its_own_reference(tmp_path, tiny_models, mini_data):
+    from feredge.export.ensemble import build_ensemble
+
+    for name in ("a", "b"):
+        shutil.copytree(tiny_models, tmp_path / name)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["formats"] = {k: v for k, v in manifest["formats"].items() if k.endswith("int8")}
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    m = build_ensemble([tmp_path / "a", tmp_path / "b"], tmp_path / "ens", data=mini_data, mirror="off", require_gain=False)
+    assert m["reference"]["member_formats"] == {"a": "tflite_float32", "b": "tflite_int8"}
+
+
+def test_evaluate_scores_an_ensemble_folder_as_the_runtime_does(tmp_path, tiny_models, mini_data):
+    from feredge.export.ensemble import build_ensemble, ensemble_probs
+    from feredge.train.evaluate import evaluate_and_report
+
+    for name in ("a", "b"):
+        shutil.copytree(tiny_models, tmp_path / name)
+    build_ensemble([tmp_path / "a", tmp_path / "b"], tmp_path / "ens", data=mini_data, mirror="on", require_gain=False)
+    metrics = evaluate_and_report(tmp_path / "ens", mini_data, tmp_path / "eval", splits=("val",))
+    probs = ensemble_probs(load_classifier(tmp_path / "ens"), mini_data["val"].x)
+    assert metrics["val"]["accuracy"] == pytest.approx(float(np.mean(probs.argmax(1) == mini_data["val"].y)))

@@ -99,3 +99,18 @@ def test_the_shipped_model_rebuilt_from_onnx_gives_its_probabilities():
     session = ort.InferenceSession(str(SHIPPED / "model_float32.onnx"), providers=["CPUExecutionProvider"])
     reference = session.run(None, {session.get_inputs()[0].name: x})[0]
     assert np.abs(model.predict(x, verbose=0) - reference).max() < 1e-5
+
+
+@pytest.mark.parametrize("shipped, fmt", SHIPPED_FORMATS, ids=[f"{d.name}-{f}" for d, f in SHIPPED_FORMATS])
+def test_every_shipped_model_loads_by_name_in_every_format(shipped, fmt):
+    clf = load_classifier(shipped.name, fmt=fmt)
+    faces = list(np.random.default_rng(0).integers(0, 256, (3, 48, 48), dtype=np.uint8))
+    probs = clf.predict_faces(faces)
+    assert probs.shape == (3, 7) and np.allclose(probs.sum(1), 1, atol=1e-3)
+
+
+def test_the_shipped_files_fit_pypis_upload_limit_even_uncompressed():
+    # The wheel compresses, so the package files' own sizes bound it from above (PyPI's default: 100 MB).
+    files = [p for p in (REPO / "models").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert sum(p.stat().st_size for p in files) < 95 * 1024 * 1024
+    assert max(p.stat().st_size for p in files) < 50 * 1024 * 1024  # the repository's per-file limit

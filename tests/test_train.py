@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from feredge.edge.classifier import ModelError
 from feredge.train.train import class_weights, load_config, parse_override, train
 
 TINY = {"epochs": 1, "batch_size": 16, "precision": "float32", "warmup_epochs": 0, "tta": False,
@@ -503,7 +504,7 @@ def test_several_models_evaluate_as_the_geometric_mean_of_their_probabilities(tm
 
     metrics = evaluate_and_report(",".join(paths), mini_data, tmp_path / "eval", splits=("val",))
     assert metrics["val"]["confusion_matrix"] == expected["confusion_matrix"]
-    with pytest.raises(FileNotFoundError, match="model not found"):
+    with pytest.raises(ModelError, match="model not found"):
         evaluate_and_report(f"{paths[0]},{tmp_path / 'missing.keras'}", mini_data, tmp_path / "eval", splits=("val",))
 
 

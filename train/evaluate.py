@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feredge.edge.classifier import EmotionClassifier, geometric_mean
+from feredge.edge.classifier import geometric_mean, load_classifier, locate_model
 from feredge.edge.preprocess import LABELS, preprocess_faces
 from feredge.train import ferplus
 from feredge.train.data import subset
@@ -154,10 +154,9 @@ def plot_history(history_csv: Path, path: Path):
 
 
 def predictor(model_path: Path):
-    """(predict_fn(pixels) -> probabilities, input_size, channels) for a .keras, .tflite or .onnx file."""
-    model_path = Path(model_path)
-    if not model_path.exists():
-        raise FileNotFoundError(f"model not found: {model_path}")
+    """(predict_fn(pixels) -> probabilities, input_size, channels) for a .keras, .tflite or .onnx file, a
+    model folder (an ensemble's included) or a shipped model's name."""
+    model_path = locate_model(model_path)
     if model_path.suffix == ".keras":
         import keras
 
@@ -165,7 +164,7 @@ def predictor(model_path: Path):
         _, h, _, c = model.input_shape
         return (lambda x: np.asarray(model.predict(x, batch_size=256, verbose=0))), h, c
 
-    clf = EmotionClassifier(model_path)
+    clf = load_classifier(model_path)
     return clf.predict_pixels, clf.input_size, clf.channels
 
 
