@@ -236,6 +236,18 @@ class EmotionClassifier:
         prior = np.array([named[k] for k in self.labels] if named else FER2013_TRAIN_COUNTS, np.float64)
         return prior / prior.sum()
 
+    @property
+    def balance_prior(self) -> np.ndarray:
+        """What `--prior balanced` divides by: the model's own mean output on the Training split (the
+        manifest's output_prior), else the training prior. Calibration offsets move a model's outputs
+        away from its targets' prior (custom_cnn_ferplus's raise disgust fourfold), and dividing by the
+        targets' prior would then count such a boost twice."""
+        named = (self.manifest or {}).get("output_prior")
+        if not named:
+            return self.train_prior
+        prior = np.array([named[k] for k in self.labels], np.float64)
+        return prior / prior.sum()
+
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """float32 (N, size, size, channels) pixels 0..255 -> (N, classes) probabilities."""
         if len(pixels) == 0:
@@ -253,7 +265,7 @@ class EmotionClassifier:
 
 def with_prior(probs: np.ndarray, train_prior: np.ndarray, prior: str) -> np.ndarray:
     """prior "training": the model's probabilities as they are (emotions as common as in training);
-    "balanced": divided by the training prior and renormalised, i.e. every emotion equally likely
+    "balanced": divided by the model's prior (its balance_prior) and renormalised, i.e. every emotion equally likely
     beforehand, for places such as posed or acted footage."""
     if prior == "training":
         return probs
@@ -330,8 +342,12 @@ class EnsembleClassifier:
     @property
     def train_prior(self) -> np.ndarray:
         """The members' priors combined as their probabilities are, so that the balanced prior divides
-        each member's probabilities by its own prior."""
+        each member's probabilities by its own prior (balance_prior likewise)."""
         return geometric_mean([m.train_prior[None, :] for m in self.members])[0]
+
+    @property
+    def balance_prior(self) -> np.ndarray:
+        return geometric_mean([m.balance_prior[None, :] for m in self.members])[0]
 
     def predict_faces(self, faces) -> np.ndarray:
         if len(faces) == 0:

@@ -112,7 +112,7 @@ class EmotionDetector:
         probs = self.classifier.predict_faces(crops)
         if self.tta and len(crops) and not self.classifier.mirrored:  # an ensemble may mirror already
             probs = (probs + self.classifier.predict_faces([np.ascontiguousarray(c[:, ::-1]) for c in crops])) / 2
-        return with_prior(probs, self.classifier.train_prior, self.prior)
+        return with_prior(probs, self.classifier.balance_prior, self.prior)
 
     def predict(self, image) -> list[Face]:
         if isinstance(image, (str, Path)):

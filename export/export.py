@@ -438,6 +438,9 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
             if (run_dir / f).exists():
                 shutil.copy2(run_dir / f, out_dir / ("training_" + f if f in ("config.json", "metrics.json") else f))
     manifest_path.write_text(json.dumps(manifest, indent=2))
+    if results:
+        manifest["output_prior"] = output_prior(out_dir, data["train"])
+        manifest_path.write_text(json.dumps(manifest, indent=2))
     if rejected:
         raise GateError("; ".join(
             f"{fmt}: {v['error']}" if "error" in v else
@@ -448,9 +451,9 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
 
 
 def rescore_manifest(model_dir, data=None) -> dict:
-    """Adds the figures newer than a manifest (FER+ majority, balanced accuracy, ECE, train_prior) to
-    each gated format of model_dir by running it through the edge runtime again; the files, their
-    checksums and the gate's verdicts are left as they are. The Keras reference takes the float32
+    """Adds the figures newer than a manifest (FER+ majority, balanced accuracy, ECE, train_prior,
+    output_prior) to each gated format of model_dir by running it through the edge runtime again; the
+    files, their checksums and the gate's verdicts are left as they are. The Keras reference takes the float32
     ONNX's figures where that format agreed with it on every image (its run may be gone)."""
 
     model_dir = Path(model_dir)
@@ -469,4 +472,15 @@ def rescore_manifest(model_dir, data=None) -> dict:
         manifest["keras_reference"]["rescored_from"] = "onnx_float32 (100 % agreement with Keras)"
     manifest.setdefault("train_prior", training_prior(None, data["train"].y))
     manifest_path.write_text(json.dumps(manifest, indent=2))
+    manifest["output_prior"] = output_prior(model_dir, data["train"])
+    manifest_path.write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def output_prior(model_dir, train) -> dict:
+    """The folder's model's mean probability per class over the Training split, in its default format:
+    the prior the (calibrated) model actually assumes, which `--prior balanced` divides by (the
+    classifier's balance_prior; the estimate of Saerens et al. 2002)."""
+    clf = EmotionClassifier(model_dir, verify=False)
+    probs = predict_split(clf.predict_pixels, train.x, clf.input_size, clf.channels, tta=False)
+    return {label: round(float(p), 5) for label, p in zip(LABELS, probs.mean(0))}

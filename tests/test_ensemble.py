@@ -77,14 +77,14 @@ def test_accurate_in_the_detector_and_the_cli(tmp_path, yunet):
 def test_balanced_prior_divides_each_member_by_its_own_prior():
     clf = load_classifier("accurate")
     x = faces()
-    priors = [m.train_prior for m in clf.members]
+    priors = [m.balance_prior for m in clf.members]
     mirror = clf.mirrored
     views = [x, [f[:, ::-1].copy() for f in x]] if mirror else [x]
     adjusted = [m.predict_faces(v) / p for m, p in zip(clf.members, priors) for v in views]
     expected = geometric_mean([a / a.sum(1, keepdims=True) for a in adjusted])
     from feredge.edge.classifier import with_prior
 
-    np.testing.assert_allclose(with_prior(clf.predict_faces(x), clf.train_prior, "balanced"), expected, atol=1e-5)
+    np.testing.assert_allclose(with_prior(clf.predict_faces(x), clf.balance_prior, "balanced"), expected, atol=1e-5)
 
 
 @pytest.fixture()

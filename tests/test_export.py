@@ -30,6 +30,8 @@ def test_all_six_formats_pass_the_gate(tiny_models, mini_data):
     assert m["input"]["crop"] == DEFAULT_CROP  # the runtime's crop travels with the model
     assert m["formats"]["onnx_float32"]["opset"] >= 17 and m["formats"]["onnx_int8"]["opset"] >= 17
     assert {"tensorflow", "keras", "tf2onnx", "onnxruntime", "ai-edge-litert"} <= set(m["tools"])
+    # The model's own mean output on Training, what --prior balanced divides by.
+    assert set(m["output_prior"]) == set(m["labels"]) and abs(sum(m["output_prior"].values()) - 1) < 1e-3
     for f in ("training_config.json", "training_metrics.json", "confusion_test.png", "curves.png"):
         assert (tiny_models / f).exists(), f
 

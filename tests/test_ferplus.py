@@ -2,6 +2,7 @@
 evaluation, and the runtime's prior correction and mirror averaging."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -164,6 +165,21 @@ def test_balanced_prior_and_mirror_change_predictions_as_documented():
     assert np.allclose(balanced, probs / prior / (probs / prior).sum())
     assert balanced[0, LABELS.index("disgust")] > probs[0, LABELS.index("disgust")]  # the rare class gains
     assert np.array_equal(with_prior(probs, prior, "training"), probs)
+
+
+def test_balanced_prior_divides_by_the_models_own_output_prior_where_the_manifest_has_one(tmp_path):
+    from feredge.edge.classifier import EmotionClassifier
+
+    folder = tmp_path / "m"
+    shutil.copytree(REPO / "models" / "custom_cnn_ferplus", folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    shipped = EmotionClassifier(folder)
+    # Its calibration lifts disgust: the model's mean output on Training is far above the targets' share.
+    assert shipped.balance_prior[LABELS.index("disgust")] > 3 * shipped.train_prior[LABELS.index("disgust")]
+    assert np.allclose(shipped.balance_prior, [manifest["output_prior"][k] for k in LABELS], atol=1e-4)
+    del manifest["output_prior"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert np.array_equal(EmotionClassifier(folder).balance_prior, shipped.train_prior)  # older manifests
 
 
 def test_detector_tta_is_the_mean_with_the_mirror_and_min_confidence_marks_uncertain(yunet):

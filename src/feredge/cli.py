@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--max-drop", type=float, default=0.5, help="points the int8 ensemble may lose to its float members")
     n.set_defaults(func=_ensemble)
 
-    r = sub.add_parser("rescore", help="add newer figures (FER+ majority, balanced accuracy, ECE) to a model "
+    r = sub.add_parser("rescore", help="add newer figures (FER+ majority, balanced accuracy, ECE, output prior) to a model "
                                        "folder's manifest, through the edge runtime; files and gate unchanged")
     r.add_argument("model_dir")
     r.set_defaults(func=_rescore)
