@@ -1,6 +1,6 @@
 """Accuracy, latency, memory and size per exported format: `feredge bench models/custom_cnn`.
 
-Holds the benchmarks (bench.py, e2e.py, detection.py, framing.py, choices.py, soak.py, pi_estimate.py,
+Holds the benchmarks (bench.py, e2e.py, detection.py, framing.py, choices.py, label_sets.py, soak.py, pi_estimate.py,
 input_size.py, train_speed.py), the peer adapter (peer.py) and report.py, which regenerates the
 documents' tables from results/. May import feredge.edge, feredge.train (data, metrics) and
 feredge.export (conversion); nothing imports it but the cli.

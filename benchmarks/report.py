@@ -22,7 +22,7 @@ from feredge.edge.classifier import FORMAT_PREFERENCE
 RESULT_FILES = {"summary": None, "models-table": None, "bench-table": None,
                 "pi-estimate": "pi/estimate.md", "soak": "soak/soak.md", "detection": "detection/detection.md",
                 "input-size": "input_size/resnet50v2.md", "choices": "choices/choices.md",
-                "report-cost": "report_cost/report_cost.md"}
+                "report-cost": "report_cost/report_cost.md", "label-sets": "label_sets/label_sets.md"}
 
 
 def markers(key: str) -> tuple[str, str]:

@@ -226,3 +226,17 @@ def test_a_distilled_run_logs_the_students_ferplus_accuracy(voted, tiny_run, tmp
     pred = keras.saving.load_model(tmp_path / "run" / "best.keras").predict(val.x[..., None].astype("float32"), verbose=0)
     truth = ferplus.majority(val.votes)
     assert logged == pytest.approx(float(np.mean(pred.argmax(1)[truth >= 0] == truth[truth >= 0])), abs=1e-6)
+
+
+def test_label_set_split_counts_each_image_once_and_sums_to_both_accuracies():
+    from feredge.benchmarks.label_sets import split_of
+
+    labels = np.array([0, 1, 2, 3, 4])
+    majority = np.array([0, 1, 5, 6, 4])  # the sets agree on 3 of 5 images
+    pred = np.array([0, 2, 5, 3, 1])  # agreed: right, wrong, -, -, wrong; disagreed: FER+'s side, FER-2013's side
+    s = split_of(pred, labels, majority)
+    assert (s["agreed, right"], s["agreed, wrong"]) == (20, 40)
+    assert (s["disagreed, FER+'s side"], s["disagreed, FER-2013's side"], s["disagreed, neither"]) == (20, 20, 0)
+    assert s["FER-2013 acc"] == 40 and s["FER+ acc"] == 40
+    assert np.isclose(s["FER-2013 acc"] + s["FER+ acc"],
+                      2 * s["agreed, right"] + s["disagreed, FER+'s side"] + s["disagreed, FER-2013's side"])
