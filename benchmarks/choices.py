@@ -6,7 +6,8 @@ For each model (a shipped name or a model folder, its default format) and each c
 labels and on FER+'s majority (images without one left out): accuracy, balanced accuracy (mean
 recall), macro-F1, lowest class recall. Cost: the classifier's median time per face, 1 thread, timed
 with the choices in turns. `--min-confidence` is reported as the share of faces it would call
-"uncertain" and the accuracy on the rest. Writes benchmarks/results/choices/choices.md.
+"uncertain" and the accuracy on the rest. Writes benchmarks/results/choices/choices.md. Takes
+`--face-model PATH` like the other benchmarks: no face is detected, but EmotionDetector needs one.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def main() -> int:
     parser.add_argument("--data", help="FER-2013 (default: FER2013_ZIP or ../shared); FER+ votes beside it")
     parser.add_argument("--reps", type=int, default=300, help="timed one-face calls per choice")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "choices" / "choices.md")
+    parser.add_argument("--face-model", help="YuNet file (or FEREDGE_FACE_MODEL): the detector is built, not timed")
     args = parser.parse_args()
     test = load_fer2013(args.data or default_data_path())["test"]
     if test.votes is None:
@@ -68,7 +70,7 @@ def main() -> int:
     uncertain = []
     for model in args.models:
         for tta, prior in CHOICES:
-            det = EmotionDetector(model, threads=1, tta=tta, prior=prior, face_model=None)
+            det = EmotionDetector(model, threads=1, tta=tta, prior=prior, face_model=args.face_model)
             probs = det.classify_crops(faces)
             pred = probs.argmax(1)
             a, b = scores(test.y, pred), scores(majority[scored], pred[scored])
