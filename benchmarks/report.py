@@ -93,15 +93,20 @@ def default_format(manifest: dict) -> str:
     return next(f for f in FORMAT_PREFERENCE if f in manifest["formats"])
 
 
+def bench_rows(results_dir: Path, machine: str) -> dict:
+    """One machine's committed `feredge bench` rows, by (model, format); empty where it has none."""
+    path = results_dir / f"{slug(machine)}.csv"
+    if not path.exists():
+        return {}
+    with open(path) as f:
+        return {(r["model"], r["format"]): r for r in csv.DictReader(f)}
+
+
 def machine_rows(results_dir: Path) -> tuple[dict | None, dict]:
     """The Pi scale (benchmarks/pi_estimate.py) and the bench rows of the machine it was measured on."""
     scale_path = results_dir / "pi" / SCALE_FILE
     scale = json.loads(scale_path.read_text()) if scale_path.exists() else None
-    rows = {}
-    if scale and (results_dir / f"{slug(scale['machine'])}.csv").exists():
-        with open(results_dir / f"{slug(scale['machine'])}.csv") as f:
-            rows = {(r["model"], r["format"]): r for r in csv.DictReader(f)}
-    return scale, rows
+    return scale, bench_rows(results_dir, scale["machine"]) if scale else {}
 
 
 def timing_cells(scale: dict | None, row: dict | None) -> str:

@@ -73,22 +73,18 @@ def test_readme_first_command_on_the_shipped_model(tmp_path, yunet):
 @pytest.mark.parametrize("shipped", SHIPPED_MODELS, ids=lambda d: d.name)
 def test_default_format_is_the_fastest_gated_int8_format_measured(shipped):
     # On this machine's committed benchmark where it covers the model, else on the README's machine's.
-    import csv
-
-    from feredge.benchmarks.bench import machine_name, slug
-    from feredge.benchmarks.report import machine_rows
+    from feredge.benchmarks.bench import machine_name
+    from feredge.benchmarks.report import bench_rows, machine_rows
     from feredge.edge.classifier import resolve_model
 
     formats = json.loads((shipped / "manifest.json").read_text())["formats"]
     results = REPO / "benchmarks" / "results"
-    here = results / f"{slug(machine_name())}.csv"
-    rows = list(csv.DictReader(here.read_text().splitlines())) if here.exists() else []
-    if not any(r["model"] == shipped.name for r in rows):
-        scale, reference = machine_rows(results)
+    rows = bench_rows(results, machine_name())
+    if not any(model == shipped.name for model, _ in rows):
+        scale, rows = machine_rows(results)
         assert scale, "no Pi scale in benchmarks/results/pi: run python -m feredge.benchmarks.pi_estimate"
-        rows = list(reference.values())
-    int8 = {r["format"]: float(r["p50_ms_1t"]) for r in rows
-            if r["model"] == shipped.name and r["format"] in formats and r["format"] in CALIBRATED_FORMATS}
+    int8 = {fmt: float(r["p50_ms_1t"]) for (model, fmt), r in rows.items()
+            if model == shipped.name and fmt in formats and fmt in CALIBRATED_FORMATS}
     assert int8, f"no benchmark has an int8 row for {shipped.name}: run feredge bench"
     assert resolve_model(shipped)[2] == min(int8, key=int8.get)
 
