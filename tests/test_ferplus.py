@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,9 +128,11 @@ def test_soft_targets_reach_the_loss(voted):
 
 
 def test_evaluation_reports_both_label_sets(voted, tmp_path):
+    before = sorted(p.name for p in (REPO / "models").iterdir())
+    # no --out: a shipped model's evaluation lands in eval/<name> under the current folder, not in models/
     r = subprocess.run([sys.executable, "-m", "feredge.cli", "evaluate", str(REPO / "models" / "custom_cnn"),
-                        "--data", str(voted), "--split", "both", "--out", str(tmp_path / "eval")],
-                       capture_output=True, text=True, timeout=300)
+                        "--data", str(voted), "--split", "both"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     for split in ("val", "test"):
@@ -137,7 +140,17 @@ def test_evaluation_reports_both_label_sets(voted, tmp_path):
         assert {"accuracy", "macro_f1", "balanced_accuracy", "ece", "left_out", "vote_cross_entropy"} <= set(people)
         assert people["n"] == summary[split]["n"]  # every test image of the mini set has a target
         assert 0 <= summary[split]["balanced_accuracy"] <= 1
-    assert (tmp_path / "eval" / "reliability_test.png").stat().st_size > 1000
+    assert (tmp_path / "eval" / "custom_cnn" / "reliability_test.png").stat().st_size > 1000
+    assert sorted(p.name for p in (REPO / "models").iterdir()) == before
+
+
+def test_evaluate_writes_a_runs_keras_into_the_run_and_anything_else_under_eval():
+    from feredge.cli import default_eval_dir
+
+    assert default_eval_dir(["runs/a/best.keras"]) == Path("runs/a/eval")
+    assert default_eval_dir(["models/custom_cnn/"]) == Path("eval/custom_cnn")
+    assert default_eval_dir(["custom_cnn"]) == Path("eval/custom_cnn")
+    assert default_eval_dir(["m/model_int8.tflite", "r/best.keras"]) == Path("eval/model_int8+best")
 
 
 def test_ece_of_a_perfectly_calibrated_and_an_overconfident_model():

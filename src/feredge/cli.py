@@ -78,6 +78,15 @@ def _train(args):
     return 0
 
 
+def default_eval_dir(paths) -> Path:
+    """Where `feredge evaluate` writes without --out: a training run's .keras into its run folder's eval/;
+    anything else (a shipped model's name or folder, an exported file, an ensemble of several) into
+    eval/<name> under the current folder, so that evaluating a shipped model never writes into models/."""
+    if len(paths) == 1 and paths[0].endswith(".keras"):
+        return Path(paths[0]).parent / "eval"
+    return Path("eval") / "+".join(Path(p.rstrip("/")).stem for p in paths)
+
+
 def _evaluate(args):
     from feredge.train.data import default_data_path, load_fer2013
     from feredge.train.evaluate import evaluate_and_report, model_paths
@@ -85,7 +94,7 @@ def _evaluate(args):
     data = load_fer2013(args.data or default_data_path())
     splits = {"test": ("test",), "val": ("val",), "both": ("val", "test")}[args.split]
     paths = model_paths(args.model)
-    out = args.out or (Path(paths[0]).parent / ("eval" if len(paths) == 1 else "eval_ensemble"))
+    out = args.out or default_eval_dir(paths)
     metrics = evaluate_and_report(args.model, data, out, splits=splits, tta=args.tta)
     keys = ("n", "accuracy", "macro_f1", "balanced_accuracy", "ece")
     summary = {s: {k: metrics[s][k] for k in keys} for s in splits}
@@ -226,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data")
     e.add_argument("--split", choices=("test", "val", "both"), default="test", help="test = PrivateTest, val = PublicTest")
     e.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
-    e.add_argument("--out", help="folder for metrics.json and confusion matrices")
+    e.add_argument("--out", help="folder for metrics.json and confusion matrices (default: RUN/eval for a run's "
+                                 ".keras, else eval/MODEL under the current folder)")
     e.set_defaults(func=_evaluate)
 
     c = sub.add_parser("calibrate", help="fit per-class logit offsets on PublicTest (writes RUN_DIR/calibrated.keras)")
