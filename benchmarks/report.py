@@ -51,6 +51,14 @@ def ferplus_cells(entry: dict) -> str:
     return f"{100 * people['accuracy']:.2f} % | {100 * people['balanced_accuracy']:.2f} % | {lowest_recall(people)}"
 
 
+def gate_reason(gate: dict) -> str:
+    """What a rejected format's gate asked: a single model's minimum agreement with Keras, or an
+    ensemble's gain over its best member."""
+    if "min_agreement_pct" in gate:
+        return f"(min {gate['min_agreement_pct']:g} %)"
+    return "(no better than its best member)" if gate.get("must_beat_best_member") else ""
+
+
 def models_table(models_dir: Path) -> str:
     lines = ["| model | format | PrivateTest accuracy | macro-F1 | lowest class recall | FER+ majority accuracy "
              "| FER+ balanced accuracy | FER+ lowest recall | drop vs reference (pt) | agreement | size |",
@@ -72,8 +80,8 @@ def models_table(models_dir: Path) -> str:
                 lines.append(f"| {m['name']} | {fmt} | not shipped: {e['error']} | | | | | | | | |")
             else:
                 lines.append(f"| {m['name']} | {fmt} (**rejected by the gate**, not shipped) | {100 * e['accuracy']:.2f} % | "
-                             f"{e['macro_f1']:.3f} | {lowest_recall(e)} | {ferplus_cells(e)} | {accuracy_change(e):+.2f} | {e['agreement_pct']:.2f} % "
-                             f"(min {e['gate']['min_agreement_pct']:g} %) | – |")
+                             f"{e['macro_f1']:.3f} | {lowest_recall(e)} | {ferplus_cells(e)} | {accuracy_change(e):+.2f} | "
+                             f"{e['agreement_pct']:.2f} % {gate_reason(e['gate'])} | – |")
     images = " / ".join(str(n) for n in sorted(sizes)) or "no"
     lines += ["", f"FER-2013 PrivateTest ({images} images) through the edge runtime, as the export gate recorded "
                   "in each model's manifest.json; drop is the format's accuracy minus Keras'. FER+ columns: the same "

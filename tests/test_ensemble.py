@@ -36,7 +36,10 @@ def test_accurate_is_shipped():
 def test_shipped_ensemble_names_its_members_by_hash(ensemble):
     m = json.loads((ensemble / "manifest.json").read_text())
     assert m["combine"]["rule"] == "geometric_mean" and len(m["members"]) >= 2
-    assert {"tflite_int8", "onnx_int8"} <= set(m["formats"])
+    # Each int8 format ships only if it passed the gate, as a single model's; what failed is kept as rejected.
+    assert {"tflite_int8", "onnx_int8"} <= set(m["formats"]) | set(m.get("rejected", {}))
+    assert set(m["formats"]) & {"tflite_int8", "onnx_int8"}
+    assert not any(e["gate"]["passed"] for e in m.get("rejected", {}).values())
     for member in m["members"]:
         folder = MODELS / member["model"]
         formats = json.loads((folder / "manifest.json").read_text())["formats"]

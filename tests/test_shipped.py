@@ -72,17 +72,17 @@ def test_readme_first_command_on_the_shipped_model(tmp_path, yunet):
 
 @pytest.mark.parametrize("shipped", SHIPPED_MODELS, ids=lambda d: d.name)
 def test_default_format_is_the_fastest_gated_int8_format_measured(shipped):
-    # On this machine's committed benchmark where it covers the model, else on the README's machine's.
+    # On this machine's committed benchmark where it covers the model, else the README's machine's, else
+    # any committed machine's that does (a model benched on one machine only).
     from feredge.benchmarks.bench import machine_name
     from feredge.benchmarks.report import bench_rows, machine_rows
     from feredge.edge.classifier import resolve_model
 
     formats = json.loads((shipped / "manifest.json").read_text())["formats"]
     results = REPO / "benchmarks" / "results"
-    rows = bench_rows(results, machine_name())
-    if not any(model == shipped.name for model, _ in rows):
-        scale, rows = machine_rows(results)
-        assert scale, "no Pi scale in benchmarks/results/pi: run python -m feredge.benchmarks.pi_estimate"
+    others = [bench_rows(results, p.stem) for p in sorted(results.glob("*.csv")) if not p.stem.endswith("_e2e")]
+    candidates = [bench_rows(results, machine_name()), machine_rows(results)[1], *others]
+    rows = next((c for c in candidates if any(model == shipped.name for model, _ in c)), {})
     int8 = {fmt: float(r["p50_ms_1t"]) for (model, fmt), r in rows.items()
             if model == shipped.name and fmt in formats and fmt in CALIBRATED_FORMATS}
     assert int8, f"no benchmark has an int8 row for {shipped.name}: run feredge bench"
