@@ -81,7 +81,9 @@ def test_default_format_is_the_fastest_gated_int8_format_measured(shipped):
     formats = json.loads((shipped / "manifest.json").read_text())["formats"]
     results = REPO / "benchmarks" / "results"
     others = [bench_rows(results, p.stem) for p in sorted(results.glob("*.csv")) if not p.stem.endswith("_e2e")]
-    candidates = [bench_rows(results, machine_name()), machine_rows(results)[1], *others]
+    scale, reference = machine_rows(results)
+    assert scale, "no Pi scale in benchmarks/results/pi: run python -m feredge.benchmarks.pi_estimate"
+    candidates = [bench_rows(results, machine_name()), reference, *others]
     rows = next((c for c in candidates if any(model == shipped.name for model, _ in c)), {})
     int8 = {fmt: float(r["p50_ms_1t"]) for (model, fmt), r in rows.items()
             if model == shipped.name and fmt in formats and fmt in CALIBRATED_FORMATS}
