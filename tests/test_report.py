@@ -2,7 +2,7 @@ import csv
 import json
 import shutil
 
-from feredge.benchmarks.report import RESULT_FILES, markers, update_docs
+from feredge.benchmarks.report import RESULT_FILES, lowest_recall, markers, update_docs
 
 
 def test_generated_tables_come_from_manifests_and_results(tmp_path, tiny_models):
@@ -38,11 +38,17 @@ def test_generated_tables_come_from_manifests_and_results(tmp_path, tiny_models)
     assert "| `fer` package | tflite mini-Xception | 65.87 % | 63.49 % | 0.641 | – | 0.40 | 4.0–4.8 | 2.0–2.4 |" in readme
     recall = m["formats"]["tflite_int8"]["recall"]
     worst = min(recall, key=recall.get)
-    assert f"| {worst} {recall[worst]:.2f} |" in more.split("| tiny | tflite_int8 | ")[1].splitlines()[0] + "|"
+    assert f"| {worst} {recall[worst]:.3f} |" in more.split("| tiny | tflite_int8 | ")[1].splitlines()[0] + "|"
     assert more.count("| tiny |") == 1 + len(m["formats"]) + 1  # keras row, one per format, bench row
     assert "old" not in readme + more and readme.startswith("intro\n") and more.endswith("end\n") and "### some cpu" in more
     assert "Kiosk soak: all bars held." in more and "_Not measured yet._" in more  # no Pi estimate file here
     assert more.count("YuNet found them all.") == 1  # in its own section, not also in the bench one
+
+
+def test_lowest_recall_just_under_a_threshold_does_not_print_as_meeting_it():
+    # Issue 34's floor is 0.45: accurate_ferplus's sad recall 0.4478 printed as "sad 0.45" with two decimals.
+    assert lowest_recall({"recall": {"happy": 0.8862, "sad": 0.4478}}) == "sad 0.448"
+    assert lowest_recall({}) == "–"
 
 
 def test_a_table_no_document_holds_is_an_error(tmp_path):
