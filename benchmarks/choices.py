@@ -33,7 +33,7 @@ def scores(y, pred) -> dict:
     m = classification_metrics(y, pred)
     worst = min(m["per_class"].items(), key=lambda kv: kv[1]["recall"])
     return {"acc": m["accuracy"], "bal": m["balanced_accuracy"], "f1": m["macro_f1"],
-            "worst": f"{worst[0]} {worst[1]['recall']:.2f}"}
+            "worst": f"{worst[0]} {worst[1]['recall']:.3f}"}
 
 
 def ms_per_face(detector, faces, reps: int) -> float:
