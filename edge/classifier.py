@@ -285,6 +285,14 @@ def geometric_mean(probs: list) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def shifted(probs: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """probs with per-class logit offsets added (an ensemble's calibration), renormalised."""
+    if bias is None or not np.any(bias):
+        return probs
+    p = probs * np.exp(bias)
+    return p / p.sum(axis=1, keepdims=True)
+
+
 def _format_runs_here(fmt: str) -> bool:
     return _backend_available(".onnx" if fmt.startswith("onnx") else ".tflite")
 
@@ -293,7 +301,8 @@ class EnsembleClassifier:
     """A shipped ensemble: a folder whose manifest has "kind": "ensemble", names its members (shipped
     model folders beside it, or under the package's models/) with the sha256 of each member's file per
     format, and how they combine: the normalised geometric mean of the members' probabilities, over
-    each face and, when "mirror" is set, its mirror image. A member that is missing or whose file fails
+    each face and, when "mirror" is set, its mirror image, shifted by "class_bias" (per-class logit
+    offsets fitted on PublicTest by `feredge ensemble --calibrate`) where there is one. A member that is missing or whose file fails
     its hash is a one-line ModelError naming it. Same interface as EmotionClassifier; its input size is
     the smallest member's (FER-2013's 48 x 48 faces reach every member as they would on their own)."""
 
@@ -314,6 +323,8 @@ class EnsembleClassifier:
             raise ModelError(f"ensemble '{name}': unknown combine rule '{combine.get('rule')}'")
         self.mirrored = bool(combine.get("mirror", False)) if mirror is None else mirror
         self.labels = tuple(self.manifest["labels"])
+        bias = combine.get("class_bias")
+        self.class_bias = np.array([bias.get(label, 0.0) for label in self.labels]) if bias else None
         self.crop = self.manifest.get("input", {}).get("crop")
         self.members = [self._load_member(name, m, fmt, threads) for m in self.manifest.get("members", [])]
         if not self.members:
@@ -347,13 +358,15 @@ class EnsembleClassifier:
 
     @property
     def balance_prior(self) -> np.ndarray:
-        return geometric_mean([m.balance_prior[None, :] for m in self.members])[0]
+        # Shifted as the outputs are: the calibration's offsets move the ensemble's own prior with them.
+        return shifted(geometric_mean([m.balance_prior[None, :] for m in self.members]), self.class_bias)[0]
 
     def predict_faces(self, faces) -> np.ndarray:
         if len(faces) == 0:
             return np.zeros((0, len(self.labels)), np.float32)
         views = [faces, [np.ascontiguousarray(np.asarray(f)[:, ::-1]) for f in faces]] if self.mirrored else [faces]
-        return geometric_mean([m.predict_faces(v) for m in self.members for v in views]).astype(np.float32)
+        combined = geometric_mean([m.predict_faces(v) for m in self.members for v in views])
+        return shifted(combined, self.class_bias).astype(np.float32)
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """float32 (N, size, size, 1) pixels 0..255 -> probabilities: each member resizes them to its own input."""

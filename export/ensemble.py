@@ -8,6 +8,10 @@ labels and FER+'s majority, and gated:
 - against the same members' float files combined the same way (drop <= max_drop points; a member
   shipped in int8 only is its own reference), and
 - against its best member under the same mirroring: an ensemble that doesn't beat it isn't shipped.
+With calibrate, one set of per-class logit offsets on the combined output is fitted on PublicTest (both
+label sets where the votes are there, every recall held at min_recall: train/calibrate.py's fit), so
+that a member left uncalibrated (one trained mostly on FER+'s votes, which rarely says fear) keeps its
+gain where the others carry the rare emotions.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from feredge.edge.classifier import (
     geometric_mean,
     locate_model,
     read_manifest,
+    shifted,
 )
 from feredge.export.export import (
     ExportError,
@@ -37,6 +42,8 @@ from feredge.export.export import (
     scored_figures,
     tool_versions,
 )
+from feredge.train import ferplus
+from feredge.train.calibrate import fit_class_bias
 from feredge.train.data import default_data_path, load_fer2013, subset
 from feredge.train.evaluate import predict_split
 
@@ -59,6 +66,24 @@ def ensemble_probs(clf: EnsembleClassifier, x_gray) -> np.ndarray:
     return predict_split(clf.predict_pixels, x_gray, clf.input_size, clf.channels, tta=False)
 
 
+def fit_ensemble_bias(out_dir: Path, manifest: dict, fmt: str, mirror: bool, valset, min_recall: float) -> dict:
+    """The combine entries of a calibrated ensemble: class_bias fitted on valset (PublicTest) to the
+    combination the runtime gives, and what it changed there."""
+    probs = ensemble_probs(EnsembleClassifier(out_dir, fmt, mirror=mirror), valset.x)
+    label_sets = [valset.y] + ([ferplus.majority(valset.votes)] if valset.votes is not None else [])
+    bias = fit_class_bias(probs, label_sets, min_recall)
+    adjusted = shifted(probs, bias)
+    figures = lambda p: {k: v for k, v in scored_figures(p, valset.y, valset.votes).items()  # noqa: E731
+                         if k in ("accuracy", "recall", "ferplus")}
+    calibration = {"split": "PublicTest", "n": len(valset), "format": fmt, "min_recall": min_recall,
+                   "label_sets": "both" if len(label_sets) == 2 else "fer2013",
+                   "before": figures(probs), "after": figures(adjusted)}
+    log.info("calibration on PublicTest: accuracy %.4f -> %.4f", calibration["before"]["accuracy"],
+             calibration["after"]["accuracy"])
+    return {"class_bias": {label: round(float(b), 3) for label, b in zip(manifest["labels"], bias)},
+            "calibration": calibration}
+
+
 def member_folders(members, out_dir: Path) -> list[Path]:
     """Each member's folder; it must be where the shipped ensemble will look: beside out_dir or shipped."""
     folders = []
@@ -75,7 +100,8 @@ def member_folders(members, out_dir: Path) -> list[Path]:
 
 
 def build_ensemble(members, out_dir, data=None, formats=ENSEMBLE_FORMATS, mirror: str = "auto", quick: int = 0,
-                   seed: int = 0, max_drop: float = MAX_DROP_PT, require_gain: bool = True, name: str | None = None) -> dict:
+                   seed: int = 0, max_drop: float = MAX_DROP_PT, require_gain: bool = True, name: str | None = None,
+                   calibrate: bool = False, min_recall: float = 0.45) -> dict:
     """Write out_dir/manifest.json for an ensemble of members (shipped names or folders), scored and gated.
     mirror: "auto" (on where it raises PublicTest accuracy), "on" or "off". Raises GateError after writing
     the formats that passed, naming those that failed."""
@@ -126,6 +152,11 @@ def build_ensemble(members, out_dir, data=None, formats=ENSEMBLE_FORMATS, mirror
     else:
         raise ExportError(f"mirror must be auto, on or off, got '{mirror}'")
     manifest["combine"]["mirror"] = use_mirror
+    if calibrate:
+        manifest["combine"].update(fit_ensemble_bias(out_dir, manifest, usable[0], use_mirror, valset, min_recall))
+        manifest_path.write_text(json.dumps(manifest, indent=2))  # the formats below are scored with the offsets
+    named_bias = manifest["combine"].get("class_bias")
+    bias = np.array([named_bias[label] for label in labels]) if named_bias else None
 
     reference_formats = {}
     reference_views = []
@@ -135,7 +166,7 @@ def build_ensemble(members, out_dir, data=None, formats=ENSEMBLE_FORMATS, mirror
         ref = next((r for r in (*REFERENCE_FORMATS, *usable) if m["formats"].get(r, {}).get("gate", {}).get("passed")))
         reference_formats[f.name] = ref
         reference_views += member_views(EmotionClassifier(f, fmt=ref), evalset.x, use_mirror)
-    reference_probs = geometric_mean(reference_views)
+    reference_probs = shifted(geometric_mean(reference_views), bias)
     reference_pred = reference_probs.argmax(1)
     manifest["reference"] = {**scored_figures(reference_probs, evalset.y, evalset.votes), "member_formats": reference_formats}
 
@@ -180,7 +211,8 @@ def main(args) -> int:
     data = load_fer2013(args.data) if args.data else None
     try:
         m = build_ensemble(args.members, args.out, data=data, formats=[f.strip() for f in args.formats.split(",")],
-                           mirror=args.mirror, quick=args.quick, max_drop=args.max_drop)
+                           mirror=args.mirror, quick=args.quick, max_drop=args.max_drop, calibrate=args.calibrate,
+                           min_recall=args.min_recall)
     except ModelError as e:
         raise ExportError(str(e)) from None
     for fmt, v in m["formats"].items():

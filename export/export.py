@@ -82,6 +82,10 @@ PREPROCESSING = ("grey; square face crop (see crop); resize to size x size (INTE
 RUN_FILES = ("config.json", "metrics.json", "history.csv", "curves.png", "confusion_test.png",
              "confusion_test.json", "confusion_val.png", "train_time.json", "calibration.json",
              "reliability_test.png", "train_prior.json")
+# Those describing the run's last evaluated model: calibrated.keras once `feredge calibrate` has run
+# (it re-evaluates into the run), else best.keras. Exporting the other file leaves them behind.
+EVALUATION_FILES = ("metrics.json", "confusion_test.png", "confusion_test.json", "confusion_val.png",
+                    "calibration.json", "reliability_test.png")
 
 
 class ExportError(Exception):
@@ -434,7 +438,10 @@ def export_model(source, out_dir, formats=None, data=None, quick: int = 0, calib
         "platform": {"machine": platform.machine(), "system": platform.system()},
     }
     if run_dir:
+        evaluated = "calibrated.keras" if (run_dir / "calibration.json").exists() else "best.keras"
         for f in RUN_FILES:
+            if f in EVALUATION_FILES and keras_path.name != evaluated:
+                continue
             if (run_dir / f).exists():
                 shutil.copy2(run_dir / f, out_dir / ("training_" + f if f in ("config.json", "metrics.json") else f))
     manifest_path.write_text(json.dumps(manifest, indent=2))

@@ -196,3 +196,34 @@ def test_evaluate_scores_an_ensemble_folder_as_the_runtime_does(tmp_path, tiny_m
     metrics = evaluate_and_report(tmp_path / "ens", mini_data, tmp_path / "eval", splits=("val",))
     probs = ensemble_probs(load_classifier(tmp_path / "ens"), mini_data["val"].x)
     assert metrics["val"]["accuracy"] == pytest.approx(float(np.mean(probs.argmax(1) == mini_data["val"].y)))
+
+
+def test_a_calibrated_ensemble_applies_the_offsets_it_fitted_on_publictest(tmp_path, tiny_models, mini_data):
+    from feredge.edge.classifier import shifted
+    from feredge.export.ensemble import build_ensemble, ensemble_probs
+
+    for name in ("a", "b"):
+        shutil.copytree(tiny_models, tmp_path / name)
+    m = build_ensemble([tmp_path / "a", tmp_path / "b"], tmp_path / "ens", data=mini_data, mirror="off",
+                       require_gain=False, calibrate=True, min_recall=0.3)
+    combine = m["combine"]
+    assert list(combine["class_bias"]) == m["labels"] and combine["calibration"]["split"] == "PublicTest"
+    assert combine["calibration"]["label_sets"] == ("both" if mini_data["val"].votes is not None else "fer2013")
+    bias = np.array(list(combine["class_bias"].values()))
+    test = mini_data["test"]
+    for fmt, e in m["formats"].items():
+        clf = load_classifier(tmp_path / "ens", fmt=fmt)
+        members = geometric_mean([ensemble_probs(member, test.x) for member in clf.members])
+        probs = ensemble_probs(clf, test.x)
+        np.testing.assert_allclose(probs, shifted(members, bias), atol=1e-5)
+        assert float(np.mean(probs.argmax(1) == test.y)) == pytest.approx(e["accuracy"])
+
+
+def test_an_ensembles_class_bias_moves_its_decisions():
+    # One large offset decides every face: the runtime reads class_bias from the manifest.
+    clf = EnsembleClassifier(ENSEMBLES[0], "tflite_int8")
+    plain = clf.predict_faces(faces())
+    clf.class_bias = np.where(np.array(clf.labels) == "disgust", 50.0, 0.0)
+    biased = clf.predict_faces(faces())
+    assert (biased.argmax(1) == clf.labels.index("disgust")).all() and not (plain.argmax(1) == biased.argmax(1)).all()
+    np.testing.assert_allclose(biased.sum(1), 1.0, atol=1e-5)

@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -34,6 +35,20 @@ def test_all_six_formats_pass_the_gate(tiny_models, mini_data):
     assert set(m["output_prior"]) == set(m["labels"]) and abs(sum(m["output_prior"].values()) - 1) < 1e-3
     for f in ("training_config.json", "training_metrics.json", "confusion_test.png", "curves.png"):
         assert (tiny_models / f).exists(), f
+
+
+def test_exporting_best_keras_of_a_calibrated_run_leaves_the_calibrated_models_evaluation_behind(tmp_path, tiny_run, mini_data):
+    # `feredge calibrate` re-evaluates calibrated.keras into the run: its metrics, confusion matrices and
+    # offsets don't describe best.keras.
+    from feredge.export.export import export_model
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "calibration.json").write_text("{}")
+    export_model(run / "best.keras", tmp_path / "out", formats=["tflite_int8"], data=mini_data, calib_n=50, progress=False)
+    present = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"training_config.json", "history.csv", "train_prior.json"} <= present
+    assert not present & {"calibration.json", "training_metrics.json", "confusion_test.png", "confusion_test.json"}
 
 
 def test_calibration_leaves_out_the_image_that_would_stretch_the_int8_ranges(tmp_path):

@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--data")
     n.add_argument("--quick", type=int, default=0, help="score on a fixed stratified subset of N images")
     n.add_argument("--max-drop", type=float, default=0.5, help="points the int8 ensemble may lose to its float members")
+    n.add_argument("--calibrate", action="store_true",
+                   help="fit per-class offsets on the combined output (PublicTest, both label sets) holding every recall")
+    n.add_argument("--min-recall", type=float, default=0.45, help="the recall --calibrate holds for every class")
     n.set_defaults(func=_ensemble)
 
     r = sub.add_parser("rescore", help="add newer figures (FER+ majority, balanced accuracy, ECE, output prior) to a model "
