@@ -20,6 +20,7 @@ import numpy as np
 
 from feredge.benchmarks import RESULTS_DIR, publish
 from feredge.benchmarks.bench import machine_name
+from feredge.benchmarks.report import lowest_recall
 from feredge.edge.detector import EmotionDetector
 from feredge.train import ferplus
 from feredge.train.data import default_data_path, load_fer2013
@@ -31,9 +32,8 @@ CONFIDENCES = (0.4, 0.6)
 
 def scores(y, pred) -> dict:
     m = classification_metrics(y, pred)
-    worst = min(m["per_class"].items(), key=lambda kv: kv[1]["recall"])
     return {"acc": m["accuracy"], "bal": m["balanced_accuracy"], "f1": m["macro_f1"],
-            "worst": f"{worst[0]} {worst[1]['recall']:.3f}"}
+            "worst": lowest_recall({"recall": {label: c["recall"] for label, c in m["per_class"].items()}})}
 
 
 def ms_per_face(detector, faces, reps: int) -> float:

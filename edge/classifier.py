@@ -285,6 +285,12 @@ def geometric_mean(probs: list) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def class_bias(combine: dict, labels) -> np.ndarray | None:
+    """An ensemble manifest's combine.class_bias as offsets in labels' order; None where there is none."""
+    named = combine.get("class_bias")
+    return np.array([named.get(label, 0.0) for label in labels]) if named else None
+
+
 def shifted(probs: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     """probs with per-class logit offsets added (an ensemble's calibration), renormalised."""
     if bias is None or not np.any(bias):
@@ -302,8 +308,8 @@ class EnsembleClassifier:
     model folders beside it, or under the package's models/) with the sha256 of each member's file per
     format, and how they combine: the normalised geometric mean of the members' probabilities, over
     each face and, when "mirror" is set, its mirror image, shifted by "class_bias" (per-class logit
-    offsets fitted on PublicTest by `feredge ensemble --calibrate`) where there is one. A member that is missing or whose file fails
-    its hash is a one-line ModelError naming it. Same interface as EmotionClassifier; its input size is
+    offsets fitted on PublicTest by `feredge ensemble --calibrate`) where there is one. A member that is
+    missing or whose file fails its hash is a one-line ModelError naming it. Same interface as EmotionClassifier; its input size is
     the smallest member's (FER-2013's 48 x 48 faces reach every member as they would on their own)."""
 
     def __init__(self, folder, fmt: str | None = None, threads: int | None = None, mirror: bool | None = None):
@@ -323,8 +329,7 @@ class EnsembleClassifier:
             raise ModelError(f"ensemble '{name}': unknown combine rule '{combine.get('rule')}'")
         self.mirrored = bool(combine.get("mirror", False)) if mirror is None else mirror
         self.labels = tuple(self.manifest["labels"])
-        bias = combine.get("class_bias")
-        self.class_bias = np.array([bias.get(label, 0.0) for label in self.labels]) if bias else None
+        self.class_bias = class_bias(combine, self.labels)
         self.crop = self.manifest.get("input", {}).get("crop")
         self.members = [self._load_member(name, m, fmt, threads) for m in self.manifest.get("members", [])]
         if not self.members:

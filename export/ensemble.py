@@ -28,6 +28,7 @@ from feredge.edge.classifier import (
     EmotionClassifier,
     EnsembleClassifier,
     ModelError,
+    class_bias,
     geometric_mean,
     locate_model,
     read_manifest,
@@ -66,21 +67,21 @@ def ensemble_probs(clf: EnsembleClassifier, x_gray) -> np.ndarray:
     return predict_split(clf.predict_pixels, x_gray, clf.input_size, clf.channels, tta=False)
 
 
-def fit_ensemble_bias(out_dir: Path, manifest: dict, fmt: str, mirror: bool, valset, min_recall: float) -> dict:
-    """The combine entries of a calibrated ensemble: class_bias fitted on valset (PublicTest) to the
-    combination the runtime gives, and what it changed there."""
-    probs = ensemble_probs(EnsembleClassifier(out_dir, fmt, mirror=mirror), valset.x)
+def fit_ensemble_bias(probs: np.ndarray, labels, fmt: str, valset, min_recall: float) -> dict:
+    """The combine entries of a calibrated ensemble: class_bias fitted to probs, the combination the
+    runtime gives on valset (PublicTest) in format fmt, and what it changed there."""
     label_sets = [valset.y] + ([ferplus.majority(valset.votes)] if valset.votes is not None else [])
     bias = fit_class_bias(probs, label_sets, min_recall)
-    adjusted = shifted(probs, bias)
-    figures = lambda p: {k: v for k, v in scored_figures(p, valset.y, valset.votes).items()  # noqa: E731
-                         if k in ("accuracy", "recall", "ferplus")}
+
+    def figures(p):
+        return {k: v for k, v in scored_figures(p, valset.y, valset.votes).items() if k in ("accuracy", "recall", "ferplus")}
+
     calibration = {"split": "PublicTest", "n": len(valset), "format": fmt, "min_recall": min_recall,
                    "label_sets": "both" if len(label_sets) == 2 else "fer2013",
-                   "before": figures(probs), "after": figures(adjusted)}
+                   "before": figures(probs), "after": figures(shifted(probs, bias))}
     log.info("calibration on PublicTest: accuracy %.4f -> %.4f", calibration["before"]["accuracy"],
              calibration["after"]["accuracy"])
-    return {"class_bias": {label: round(float(b), 3) for label, b in zip(manifest["labels"], bias)},
+    return {"class_bias": {label: round(float(b), 3) for label, b in zip(labels, bias)},
             "calibration": calibration}
 
 
@@ -137,12 +138,13 @@ def build_ensemble(members, out_dir, data=None, formats=ENSEMBLE_FORMATS, mirror
     manifest_path = out_dir / "manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=2))  # provisional: lets the edge runtime load it
 
+    val_probs = {}  # PublicTest through the runtime in usable[0], by mirroring: for the choice and the calibration
     if mirror == "auto":
-        plain = EnsembleClassifier(out_dir, usable[0], mirror=False)
-        mirrored = EnsembleClassifier(out_dir, usable[0], mirror=True)
+        for mirrored in (False, True):
+            val_probs[mirrored] = ensemble_probs(EnsembleClassifier(out_dir, usable[0], mirror=mirrored), valset.x)
         choice = {"format": usable[0], "split": "PublicTest", "n": len(valset)}
-        choice["accuracy_plain"] = float(np.mean(ensemble_probs(plain, valset.x).argmax(1) == valset.y))
-        choice["accuracy_mirrored"] = float(np.mean(ensemble_probs(mirrored, valset.x).argmax(1) == valset.y))
+        choice["accuracy_plain"] = float(np.mean(val_probs[False].argmax(1) == valset.y))
+        choice["accuracy_mirrored"] = float(np.mean(val_probs[True].argmax(1) == valset.y))
         use_mirror = choice["accuracy_mirrored"] > choice["accuracy_plain"]
         manifest["combine"]["mirror_choice"] = choice
         log.info("mirror: PublicTest %.4f without, %.4f with: %s", choice["accuracy_plain"], choice["accuracy_mirrored"],
@@ -153,10 +155,11 @@ def build_ensemble(members, out_dir, data=None, formats=ENSEMBLE_FORMATS, mirror
         raise ExportError(f"mirror must be auto, on or off, got '{mirror}'")
     manifest["combine"]["mirror"] = use_mirror
     if calibrate:
-        manifest["combine"].update(fit_ensemble_bias(out_dir, manifest, usable[0], use_mirror, valset, min_recall))
+        if use_mirror not in val_probs:
+            val_probs[use_mirror] = ensemble_probs(EnsembleClassifier(out_dir, usable[0], mirror=use_mirror), valset.x)
+        manifest["combine"].update(fit_ensemble_bias(val_probs[use_mirror], labels, usable[0], valset, min_recall))
         manifest_path.write_text(json.dumps(manifest, indent=2))  # the formats below are scored with the offsets
-    named_bias = manifest["combine"].get("class_bias")
-    bias = np.array([named_bias[label] for label in labels]) if named_bias else None
+    bias = class_bias(manifest["combine"], labels)  # as the runtime reads it: rounded, in the manifest
 
     reference_formats = {}
     reference_views = []

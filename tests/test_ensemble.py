@@ -220,7 +220,8 @@ def test_a_calibrated_ensemble_applies_the_offsets_it_fitted_on_publictest(tmp_p
 
 
 def test_an_ensembles_class_bias_moves_its_decisions():
-    # One large offset decides every face: the runtime reads class_bias from the manifest.
+    # One large offset decides every face, and the outputs stay probabilities (the manifest's class_bias
+    # reaching the runtime is the test above's).
     clf = EnsembleClassifier(ENSEMBLES[0], "tflite_int8")
     plain = clf.predict_faces(faces())
     clf.class_bias = np.where(np.array(clf.labels) == "disgust", 50.0, 0.0)
