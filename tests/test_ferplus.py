@@ -253,3 +253,17 @@ def test_label_set_split_counts_each_image_once_and_sums_to_both_accuracies():
     assert s["FER-2013 acc"] == 40 and s["FER+ acc"] == 40
     assert np.isclose(s["FER-2013 acc"] + s["FER+ acc"],
                       2 * s["agreed, right"] + s["disagreed, FER+'s side"] + s["disagreed, FER-2013's side"])
+
+
+def test_floor_oracle_counts_the_calls_each_recall_floor_forces_beyond_fer_plus():
+    from feredge.benchmarks.label_sets import floor_oracle
+
+    # 10 images labelled fear (2), of which FER+'s majority says fear for 2 and neutral for 8;
+    # 10 labelled happy (3) that FER+ agrees with.
+    labels = np.array([2] * 10 + [3] * 10)
+    majority = np.array([2, 2] + [4] * 8 + [3] * 10)
+    oracle = floor_oracle(labels, majority, min_recall=0.45)
+    assert oracle["classes"]["fear"] == {"n": 10, "agree": 2, "forced": 3}  # ceil(4.5) = 5 calls, 2 agree
+    assert oracle["classes"]["happy"]["forced"] == 0 and oracle["forced"] == 3
+    assert oracle["FER+ acc"] == pytest.approx(85.0)  # 17 of 20 still answer the majority
+    assert oracle["FER-2013 acc"] == pytest.approx(75.0)  # 12 agreed + 3 forced, of 20
