@@ -7,7 +7,7 @@ its FER+ accuracy is at most 2 x (agreed share) + (disagreed share), and a pair 
 through the edge runtime, on the PrivateTest images that have a FER+ majority) this splits the images
 into: agreed and right, disagreed with FER+'s side, with FER-2013's side, and neither.
 
-Before the models, it says what the label sets alone allow: holding a class's recall at 0.45 on FER-2013's
+After the models' table, it says what the label sets alone allow: holding a class's recall at 0.45 on FER-2013's
 labels forces that many calls of the class among its FER-2013 images, and each call beyond the images
 whose FER+ majority is the same class is wrong on FER+. An oracle that answers FER+'s majority except for
 those forced calls is the best any model can do on FER+ with FER-2013's recall floors held. Writes
@@ -78,12 +78,13 @@ def main() -> int:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     oracle = floor_oracle(labels, majority)
     floors = [f"{name} {c['agree']} of {c['n']} ({c['forced']} forced)" for name, c in oracle["classes"].items() if c["forced"]]
+    hardest = max(oracle["classes"], key=lambda name: oracle["classes"][name]["forced"])
     notes = ["", "What FER-2013's recall floors (0.45) cost on FER+ at best: FER+'s majority agrees with FER-2013's "
              "label on " + ", ".join(floors) + " of each class's images, and holding the floor forces that many more "
              f"calls of it where the majority differs. The oracle that answers FER+'s majority except for those "
              f"{oracle['forced']} calls scores {oracle['FER+ acc']:.2f} % FER+ and {oracle['FER-2013 acc']:.2f} % FER-2013, "
              "so the labels alone do not rule out 78 % / 67 %: what limits a model is telling which faces FER-2013 "
-             f"calls {max(oracle['classes'], key=lambda k: oracle['classes'][k]['forced'])} among those FER+'s crowd "
+             f"calls {hardest} among those FER+'s crowd "
              "reads as another emotion."]
     for model in args.models:
         pred = load_classifier(model).predict_faces(faces).argmax(1)
