@@ -7,7 +7,7 @@ published for a Raspberry Pi 4 below, measured here by this script. Pi 5 = Pi 4 
 published single-thread CPU ratio. Writes benchmarks/results/pi/estimate.md (the README shows it).
 
 What the scale leaves out: YuNet runs on OpenCV's float DNN engine while our default is LiteRT int8;
-the Pi 4's Cortex-A72 lacks the int8 dot-product instructions that this x86 CPU (AVX-512 VNNI) and the
+the Pi 4's Cortex-A72 lacks the int8 dot-product instructions that x86 CPUs with VNNI and the
 Pi 5's Cortex-A76 have, so int8 formats may fare worse on a Pi 4 than the scale says. Treat the
 figures as ranges to plan with, to be replaced by a run of `feredge bench` on the device.
 """

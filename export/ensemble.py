@@ -121,6 +121,12 @@ def build_ensemble(members, out_dir, data=None, formats=ENSEMBLE_FORMATS, mirror
     usable = [fmt for fmt in formats if all(m["formats"].get(fmt, {}).get("gate", {}).get("passed") for m in manifests)]
     if not usable:
         raise ExportError(f"no format of {', '.join(formats)} that every member has, gated")
+    # A format some member lacks is not built; the manifest says which member, as the report shows it.
+    unbuilt = {fmt: {"error": "not built: no gated " + fmt + " in member(s) " +
+                     ", ".join(f.name for f, m in zip(folders, manifests) if fmt not in m["formats"])}
+               for fmt in formats if fmt not in usable}
+    for fmt, e in unbuilt.items():
+        log.warning("%s: %s", fmt, e["error"])
     data = data or load_fer2013(default_data_path())
     evalset, valset = gate_eval_set(data, quick, seed), subset(data["val"], quick, seed)
 
@@ -196,7 +202,7 @@ def build_ensemble(members, out_dir, data=None, formats=ENSEMBLE_FORMATS, mirror
     manifest.update({
         "evaluation": {"split": "PrivateTest", "n": int(len(evalset)), "quick": bool(quick), "seed": seed,
                        "predictions": "argmax per image, in the order of the eval set; predictions_sha256 hashes them as int8"},
-        "rejected": rejected,
+        "rejected": {**rejected, **unbuilt},
         "tools": tool_versions(),
         "platform": {"machine": platform.machine(), "system": platform.system()},
     })

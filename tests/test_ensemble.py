@@ -39,7 +39,7 @@ def test_shipped_ensemble_names_its_members_by_hash(ensemble):
     # Each int8 format ships only if it passed the gate, as a single model's; what failed is kept as rejected.
     assert {"tflite_int8", "onnx_int8"} <= set(m["formats"]) | set(m.get("rejected", {}))
     assert set(m["formats"]) & {"tflite_int8", "onnx_int8"}
-    assert not any(e["gate"]["passed"] for e in m.get("rejected", {}).values())
+    assert not any(e.get("gate", {}).get("passed") for e in m.get("rejected", {}).values())
     for member in m["members"]:
         folder = MODELS / member["model"]
         formats = json.loads((folder / "manifest.json").read_text())["formats"]
@@ -184,6 +184,19 @@ def test_a_member_shipped_in_int8_only_is_its_own_reference(tmp_path, tiny_model
     (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
     m = build_ensemble([tmp_path / "a", tmp_path / "b"], tmp_path / "ens", data=mini_data, mirror="off", require_gain=False)
     assert m["reference"]["member_formats"] == {"a": "tflite_float32", "b": "tflite_int8"}
+
+
+def test_a_format_a_member_lacks_is_recorded_as_not_built(tmp_path, tiny_models, mini_data):
+    from feredge.export.ensemble import build_ensemble
+
+    for name in ("a", "b"):
+        shutil.copytree(tiny_models, tmp_path / name)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    del manifest["formats"]["onnx_int8"]
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    m = build_ensemble([tmp_path / "a", tmp_path / "b"], tmp_path / "ens", data=mini_data, mirror="off", require_gain=False)
+    assert set(m["formats"]) == {"tflite_int8"}
+    assert m["rejected"] == {"onnx_int8": {"error": "not built: no gated onnx_int8 in member(s) b"}}
 
 
 def test_evaluate_scores_an_ensemble_folder_as_the_runtime_does(tmp_path, tiny_models, mini_data):

@@ -55,6 +55,8 @@ DEFAULTS = {
                                   # mix (label_weight x label + the rest x votes); train/ferplus.py
     "label_weight": 0.5,          # the label's share of a mix target
     "min_label_votes": 0,         # >0: leave out training images whose FER-2013 label got fewer crowd votes
+    "rejected_label_weight": -1.0,  # mix, >=0: the label's share instead of label_weight where FER+'s majority
+                                  # names another emotion (the crowd rejects the label: down-weighted, not dropped)
     "select_on": "val_accuracy",  # the PublicTest figure best.keras maximises: val_accuracy (FER-2013 labels)
                                   # | val_ferplus_accuracy (FER+ majority) | val_mean_accuracy (their mean)
     "class_weight": "balanced",   # balanced | sqrt (square root of balanced) | none, on the targets' prior
@@ -170,10 +172,16 @@ def training_targets(split, cfg: dict):
     if cfg["min_label_votes"]:
         keep &= ferplus.emotion_votes(split.votes)[np.arange(len(split)), split.y] >= cfg["min_label_votes"]
     shares = ferplus.distribution(split.votes).astype(np.float32)
+    label_weight = np.full((len(split), 1), cfg["label_weight"], np.float32)
+    if cfg["rejected_label_weight"] >= 0:
+        if cfg["targets"] != "mix":
+            raise ValueError(f"rejected_label_weight applies to targets = 'mix', not '{cfg['targets']}'")
+        rejected = ferplus.has_target(split.votes) & (ferplus.majority(split.votes) != split.y)
+        label_weight[rejected] = cfg["rejected_label_weight"]
     targets = {"labels": onehot,
                "majority": np.eye(len(LABELS), dtype=np.float32)[np.maximum(ferplus.majority(split.votes), 0)],
                "votes": shares,
-               "mix": cfg["label_weight"] * onehot + (1 - cfg["label_weight"]) * shares}.get(cfg["targets"])
+               "mix": label_weight * onehot + (1 - label_weight) * shares}.get(cfg["targets"])
     if targets is None:
         raise ValueError(f"targets must be labels, majority, votes or mix, got '{cfg['targets']}'")
     return np.flatnonzero(keep), targets[keep]

@@ -156,6 +156,15 @@ def _rescore(args):
     return 0
 
 
+def _requantize(args):
+    from feredge.export.export import requantize_onnx
+
+    e = requantize_onnx(args.model_dir)["formats"]["onnx_int8"]
+    print(f"onnx_int8: accuracy {100 * e['accuracy']:.2f} % (drop {e['accuracy_drop_pt']:.2f} pt), "
+          f"agreement {e['agreement_pct']:.2f} %, gate passed")
+    return 0
+
+
 def _bench(args):
     from feredge.benchmarks.bench import main as bench_main
 
@@ -282,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        "folder's manifest, through the edge runtime; files and gate unchanged")
     r.add_argument("model_dir")
     r.set_defaults(func=_rescore)
+
+    q = sub.add_parser("requantize", help="re-make a model folder's onnx_int8 from its float32 ONNX and gate it "
+                                          "(for folders whose training run is gone)")
+    q.add_argument("model_dir")
+    q.set_defaults(func=_requantize)
 
     b = sub.add_parser("bench", help="accuracy, latency, memory and size per format")
     from feredge.benchmarks.bench import add_arguments
