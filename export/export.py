@@ -512,7 +512,8 @@ def requantize_onnx(model_dir, data=None, calib_n: int = 500, seed: int = 0, gat
         raise ExportError(f"{model_dir.name}: requantizing needs its onnx_float32 (100 % agreement with Keras) and "
                           "model_float32.tflite; export from the training run instead")
     data = data or load_fer2013(default_data_path())
-    evalset = gate_eval_set(data, 0, manifest["evaluation"].get("seed", seed))
+    seed = manifest["evaluation"].get("seed", seed)  # the gate's images and calibration sample, as exported
+    evalset = gate_eval_set(data, 0, seed)
     _, reference_pred = evaluate_artifact(model_dir / exact["file"], evalset.x, evalset.y, evalset.votes)
     if prediction_digest(reference_pred) != exact["predictions_sha256"]:
         raise ExportError(f"{model_dir.name} onnx_float32: predictions differ from the gate's; export from the run instead")

@@ -102,8 +102,9 @@ def test_targets_follow_the_config_and_class_weights_their_prior(voted):
                                                           "rejected_label_weight": 0.1}))
     assert np.allclose(soft[sad_rows][:, sad], 0.1 + 0.9 * 0.3)
     assert np.allclose(soft[~sad_rows], mix[~sad_rows])  # every other label is the crowd's majority
-    with pytest.raises(ValueError, match="applies to targets = 'mix'"):
-        training_targets(train, load_config(None, {"targets": "votes", "rejected_label_weight": 0.1}))
+    for targets in ("votes", "labels"):
+        with pytest.raises(ValueError, match="applies to targets = 'mix'"):
+            training_targets(train, load_config(None, {"targets": targets, "rejected_label_weight": 0.1}))
     # the crowd rejects the sad label (3 of 10): min_label_votes=4 leaves those images out
     kept, _ = training_targets(train, load_config(None, {"targets": "labels", "min_label_votes": 4}))
     assert not np.any(train.y[kept] == sad)

@@ -160,6 +160,8 @@ def class_weights(targets: np.ndarray, mode: str) -> np.ndarray:
 def training_targets(split, cfg: dict):
     """(kept image indices, (N, 7) float32 targets) per cfg["targets"]: see DEFAULTS."""
 
+    if cfg["rejected_label_weight"] >= 0 and cfg["targets"] != "mix":
+        raise ValueError(f"rejected_label_weight applies to targets = 'mix', not '{cfg['targets']}'")
     onehot = np.eye(len(LABELS), dtype=np.float32)[split.y]
     keep = np.ones(len(split), bool)
     if cfg["targets"] == "labels" and not cfg["min_label_votes"]:
@@ -174,8 +176,6 @@ def training_targets(split, cfg: dict):
     shares = ferplus.distribution(split.votes).astype(np.float32)
     label_weight = np.full((len(split), 1), cfg["label_weight"], np.float32)
     if cfg["rejected_label_weight"] >= 0:
-        if cfg["targets"] != "mix":
-            raise ValueError(f"rejected_label_weight applies to targets = 'mix', not '{cfg['targets']}'")
         rejected = ferplus.has_target(split.votes) & (ferplus.majority(split.votes) != split.y)
         label_weight[rejected] = cfg["rejected_label_weight"]
     targets = {"labels": onehot,
